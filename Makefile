@@ -1,0 +1,38 @@
+# BlindRead — the two commands are `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint bench-ingest bench-infer bench-deid bench-e2e clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m node.demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check node scp secure_infer tests benchmarks
+	$(VENV)/bin/mypy
+
+bench-ingest: $(STAMP)
+	$(PY) benchmarks/ingest.py
+
+bench-infer: $(STAMP)
+	$(PY) benchmarks/infer.py
+
+bench-deid: $(STAMP)
+	$(PY) benchmarks/deid.py
+
+bench-e2e: $(STAMP)
+	$(PY) benchmarks/e2e.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,30 @@
+"""``blindread config check FILE``: validate a node (or vendor) config file."""
+
+from __future__ import annotations
+
+import argparse
+
+from node.config import ConfigError, load_config
+
+__all__ = ["register"]
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("config", help="inspect configuration files")
+    csub = p.add_subparsers(dest="config_command", metavar="ACTION")
+    csub.required = True
+    check = csub.add_parser("check", help="validate a config file; exit 0 if valid, 2 otherwise")
+    check.add_argument("file", help="node config YAML")
+    check.set_defaults(handler=_check)
+
+
+def _check(args: argparse.Namespace) -> int:
+    try:
+        load_config(args.file)
+    except ConfigError as exc:
+        print(f"{exc.source}: INVALID ({len(exc.problems)} problem(s))")
+        for line in exc.problems:
+            print(f"  {line}")
+        return 2
+    print(f"{args.file}: OK")
+    return 0

@@ -1,0 +1,77 @@
+"""Config sections for DICOM networking: our Storage SCP, study completion, destinations, sender."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Network, IPv6Network
+from pathlib import Path
+
+from pydantic import Field
+
+from node.config.base import AETitle, FrozenModel, Port
+
+__all__ = [
+    "CompletionSection",
+    "DestinationSection",
+    "ScpSection",
+    "SenderSection",
+    "TlsSection",
+]
+
+
+class TlsSection(FrozenModel):
+    """TLS for a DICOM association (PS3.15 Annex B secure transport)."""
+
+    cert: Path
+    key: Path
+    ca: Path | None = Field(
+        default=None, description="CA bundle used to verify the peer; required to verify peers"
+    )
+    require_client_cert: bool = True
+
+
+class ScpSection(FrozenModel):
+    """Our Storage SCP: who may connect and where accepted instances are spooled."""
+
+    ae_title: AETitle = "BLINDREAD"
+    host: str = "127.0.0.1"
+    port: Port = 11112
+    allowed_calling_ae_titles: tuple[AETitle, ...] = Field(
+        default=(), description="empty = any calling AE title"
+    )
+    allowed_networks: tuple[IPv4Network | IPv6Network, ...] = Field(
+        default=(IPv4Network("127.0.0.0/8"), IPv6Network("::1/128"))
+    )
+    spool_dir: Path | None = Field(default=None, description="default: <node.state_dir>/spool")
+    min_free_bytes: int = Field(default=1_000_000_000, ge=0)
+    fsync: bool = True
+    max_pdu: int = Field(default=0, ge=0, description="0 = unlimited")
+    acse_timeout: float = Field(default=30.0, gt=0)
+    dimse_timeout: float = Field(default=60.0, gt=0)
+    network_timeout: float = Field(default=60.0, gt=0)
+    tls: TlsSection | None = None
+
+
+class CompletionSection(FrozenModel):
+    """When a study counts as complete (stable-age rule, as in Orthanc and mercure)."""
+
+    quiet_seconds: float = Field(default=60.0, gt=0)
+    max_age_seconds: float = Field(default=3600.0, gt=0)
+
+
+class DestinationSection(FrozenModel):
+    """A DICOM peer we send to (PACS, research archive)."""
+
+    ae_title: AETitle
+    host: str
+    port: Port
+    calling_ae_title: AETitle | None = Field(default=None, description="default: scp.ae_title")
+    tls: TlsSection | None = None
+
+
+class SenderSection(FrozenModel):
+    """Retry policy of the Storage SCU."""
+
+    max_attempts: int = Field(default=5, ge=1)
+    initial_backoff_seconds: float = Field(default=2.0, gt=0)
+    max_backoff_seconds: float = Field(default=300.0, gt=0)
+    timeout_seconds: float = Field(default=30.0, gt=0)
