@@ -13,7 +13,7 @@ __all__ = [
     "ContextError",
     "InferenceError",
     "ManifestError",
-    "ModelNotFound",
+    "ModelNotFoundError",
     "ParameterError",
 ]
 
@@ -72,7 +72,7 @@ class CiphertextError(InferenceError):
     http_status = 400
 
 
-class ModelNotFound(InferenceError):
+class ModelNotFoundError(InferenceError):
     """The requested model name/version is not served."""
 
     code = "unknown_model"
