@@ -13,7 +13,7 @@ from secure_infer.demo.evaluate import (
     DEFAULT_MODEL_DIR,
     auroc,
     compare_decisions,
-    evaluate,
+    heldout_metrics,
     heldout_set,
     onnx_predict,
 )
@@ -124,7 +124,7 @@ def test_onnxruntime_equals_numpy_forward_and_activations_are_bounded() -> None:
 
 
 def test_heldout_accuracy_and_auroc() -> None:
-    ev = evaluate(MODEL_DIR)
+    ev = heldout_metrics(MODEL_DIR)
     assert ev.n == 500 and ev.threshold == 0.5
     assert ev.accuracy >= ACCURACY_FLOOR
     assert ev.auroc >= AUROC_FLOOR

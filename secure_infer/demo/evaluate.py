@@ -32,7 +32,7 @@ __all__ = [
     "Evaluation",
     "auroc",
     "compare_decisions",
-    "evaluate",
+    "heldout_metrics",
     "heldout_set",
     "onnx_predict",
 ]
@@ -105,7 +105,7 @@ def _threshold(manifest: Manifest) -> float:
     return float(manifest.outputs[0].threshold)
 
 
-def evaluate(model_dir: Path = DEFAULT_MODEL_DIR, n: int = HELDOUT_N,
+def heldout_metrics(model_dir: Path = DEFAULT_MODEL_DIR, n: int = HELDOUT_N,
              seed: int = HELDOUT_SEED) -> Evaluation:
     """Accuracy (at the manifest threshold), sensitivity, specificity and AUROC on held-out data."""
     manifest = load_manifest(model_dir / "manifest.yaml")
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="model folder")
     ap.add_argument("-n", type=int, default=HELDOUT_N)
     args = ap.parse_args(argv)
-    print(json.dumps(evaluate(args.model, args.n).__dict__, indent=2))
+    print(json.dumps(heldout_metrics(args.model, args.n).__dict__, indent=2))
     return 0
 
 

@@ -14,7 +14,7 @@ non-overlapping 8x8 patches, which is how :func:`patches` computes it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ __all__ = [
     "IMAGE_SIZE",
     "DemoWeights",
     "Forward",
+    "backward",
     "export_onnx",
     "forward",
     "init_weights",
@@ -67,7 +68,6 @@ class Forward:
     conv: F64  # conv output flattened in ONNX order [N, 256] (channel-major)
     fc1: F64  # pre-square hidden [N, 32]
     logit: F64  # [N, 1]
-    extras: dict[str, F64] = field(default_factory=dict)
 
     @property
     def prob(self) -> F64:
@@ -104,19 +104,31 @@ def forward(w: DemoWeights, x: npt.NDArray[np.floating]) -> Forward:
     return Forward(p=p, conv=conv, fc1=fc1, logit=logit)
 
 
-def backward(w: DemoWeights, f: Forward, dlogit: F64) -> DemoWeights:
-    """Gradients of a loss with respect to all weights, given d loss / d logit [N, 1]."""
+def backward(
+    w: DemoWeights,
+    f: Forward,
+    dlogit: F64,
+    d_fc1_extra: F64 | None = None,
+    d_conv_extra: F64 | None = None,
+) -> DemoWeights:
+    """Gradients with respect to all weights, given d loss / d logit [N, 1].
+
+    ``d_fc1_extra`` [N, 32] and ``d_conv_extra`` [N, 256] add loss terms that act directly on the
+    pre-square activations (the training's magnitude penalties).
+    """
     n = f.p.shape[0]
     s2 = f.fc1 * f.fc1
     g_fc2_w = dlogit.T @ s2
     g_fc2_b = dlogit.sum(axis=0)
-    d_s2 = dlogit @ w.fc2_w
-    d_fc1 = d_s2 * 2.0 * f.fc1
+    d_fc1 = (dlogit @ w.fc2_w) * 2.0 * f.fc1
+    if d_fc1_extra is not None:
+        d_fc1 = d_fc1 + d_fc1_extra
     s1 = f.conv * f.conv
     g_fc1_w = d_fc1.T @ s1
     g_fc1_b = d_fc1.sum(axis=0)
-    d_s1 = d_fc1 @ w.fc1_w
-    d_conv = d_s1 * 2.0 * f.conv  # [N, 256] channel-major
+    d_conv = (d_fc1 @ w.fc1_w) * 2.0 * f.conv  # [N, 256] channel-major
+    if d_conv_extra is not None:
+        d_conv = d_conv + d_conv_extra
     d_c = d_conv.reshape(n, CONV_CHANNELS, GRID * GRID).transpose(0, 2, 1)  # [N, pos, ch]
     g_wm = np.einsum("npc,npk->ck", d_c, f.p)
     g_conv_b = d_c.sum(axis=(0, 1))

@@ -108,15 +108,14 @@ def train(cfg: TrainConfig = TrainConfig()) -> TrainResult:
             idx = order[s:s + cfg.batch]
             f = forward(w, x[idx])
             loss, dlogit = _bce_grad(f.logit, yf[idx])
-            pc, dconv = _excess(f.conv, cfg.bound)
-            ph, dfc1 = _excess(f.fc1, cfg.bound)
-            total += loss * len(idx)
-            g = backward(w, f, dlogit)
-            # Bound penalties enter through the conv / fc1 pre-activations.
-            f_pen = _penalty_grads(w, f, cfg.bound_penalty * dconv, cfg.bound_penalty * dfc1)
+            pen_conv, d_conv = _excess(f.conv, cfg.bound)
+            pen_fc1, d_fc1 = _excess(f.fc1, cfg.bound)
+            total += (loss + cfg.bound_penalty * (pen_conv + pen_fc1)) * len(idx)
+            g = backward(w, f, dlogit, d_fc1_extra=cfg.bound_penalty * d_fc1,
+                         d_conv_extra=cfg.bound_penalty * d_conv)
             step += 1
             for k in names:
-                grad = getattr(g, k) + getattr(f_pen, k)
+                grad = getattr(g, k)
                 if k.endswith("_w"):
                     grad = grad + cfg.weight_decay * getattr(w, k)
                 m[k] = b1 * m[k] + (1 - b1) * grad
@@ -124,7 +123,6 @@ def train(cfg: TrainConfig = TrainConfig()) -> TrainResult:
                 mh = m[k] / (1 - b1**step)
                 vh = v2[k] / (1 - b2**step)
                 setattr(w, k, getattr(w, k) - lr * mh / (np.sqrt(vh) + eps))
-            del pc, ph
         if epoch % 5 == 4 or epoch == cfg.epochs - 1:
             fv = forward(w, xv)
             acc = float(((fv.prob[:, 0] >= 0.5) == (yv == 1)).mean())
@@ -143,27 +141,6 @@ def train(cfg: TrainConfig = TrainConfig()) -> TrainResult:
         max_abs_conv=float(max(np.abs(ft.conv).max(), np.abs(fv.conv).max())),
         max_abs_fc1=float(max(np.abs(ft.fc1).max(), np.abs(fv.fc1).max())),
         seconds=time.perf_counter() - t0,
-    )
-
-
-def _penalty_grads(w: DemoWeights, f: object, dconv: F64, dfc1: F64) -> DemoWeights:
-    """Weight gradients of the range penalties (which act on pre-square activations)."""
-    from secure_infer.demo.model import CONV_CHANNELS, GRID, Forward
-
-    assert isinstance(f, Forward)
-    n = f.p.shape[0]
-    # fc1 = (conv^2) W1^T + b1 ; conv = patches Wc^T + bc
-    g_fc1_w = dfc1.T @ (f.conv * f.conv)
-    g_fc1_b = dfc1.sum(axis=0)
-    d_conv = dconv + (dfc1 @ w.fc1_w) * 2.0 * f.conv
-    d_c = d_conv.reshape(n, CONV_CHANNELS, GRID * GRID).transpose(0, 2, 1)
-    return DemoWeights(
-        conv_w=np.einsum("npc,npk->ck", d_c, f.p).reshape(w.conv_w.shape),
-        conv_b=d_c.sum(axis=(0, 1)),
-        fc1_w=g_fc1_w,
-        fc1_b=g_fc1_b,
-        fc2_w=np.zeros_like(w.fc2_w),
-        fc2_b=np.zeros_like(w.fc2_b),
     )
 
 
