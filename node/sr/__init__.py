@@ -1,0 +1,28 @@
+"""Result Structured Reports: decrypted model outputs -> TID 1500 SR in the original study.
+
+Public API: :func:`build_result_sr`, :func:`read_result_sr`, :func:`build_summary_sc`,
+:class:`ResultOutputs` (+ :func:`load_outputs`), :class:`SrError`.
+"""
+
+from __future__ import annotations
+
+from node.sr.builder import AlgorithmParameters, build_result_sr
+from node.sr.errors import SrError
+from node.sr.outputs import ResultOutputs, as_outputs, load_outputs
+from node.sr.reader import ResultFinding, ResultReport, read_result_sr
+from node.sr.uids import ResultUids, derive_uid, device_uid
+
+__all__ = [
+    "AlgorithmParameters",
+    "ResultFinding",
+    "ResultOutputs",
+    "ResultReport",
+    "ResultUids",
+    "SrError",
+    "as_outputs",
+    "build_result_sr",
+    "derive_uid",
+    "device_uid",
+    "load_outputs",
+    "read_result_sr",
+]
