@@ -1,15 +1,18 @@
 """Result Structured Reports: decrypted model outputs -> TID 1500 SR in the original study.
 
-Public API: :func:`build_result_sr`, :func:`read_result_sr`, :func:`build_summary_sc`,
-:class:`ResultOutputs` (+ :func:`load_outputs`), :class:`SrError`.
+Public API: :func:`build_result_sr` (the SR), :func:`build_summary_sc` (optional Secondary
+Capture summary), :func:`read_result_sr` (findings back from an SR), :class:`ResultOutputs` /
+:func:`load_outputs` (the outputs structure and its JSON file), :class:`SrError`.
 """
 
 from __future__ import annotations
 
 from node.sr.builder import AlgorithmParameters, build_result_sr
 from node.sr.errors import SrError
+from node.sr.files import read_source_dir, write_dataset_atomic
 from node.sr.outputs import ResultOutputs, as_outputs, load_outputs
 from node.sr.reader import ResultFinding, ResultReport, read_result_sr
+from node.sr.summary import build_summary_sc
 from node.sr.uids import ResultUids, derive_uid, device_uid
 
 __all__ = [
@@ -21,8 +24,11 @@ __all__ = [
     "SrError",
     "as_outputs",
     "build_result_sr",
+    "build_summary_sc",
     "derive_uid",
     "device_uid",
     "load_outputs",
     "read_result_sr",
+    "read_source_dir",
+    "write_dataset_atomic",
 ]
