@@ -132,7 +132,7 @@ def build_summary_sc(
             "source_datasets: highdicom refused the patient/study attributes of the "
             f"originals ({type(exc).__name__})"
         ) from exc
-    sc.PatientOrientation = ""
+    sc.PatientOrientation = []  # empty: Type 2, unknown
     # General Series Laterality is required for paired body parts; the summary covers the
     # same body part as its sources, so say which (an unpaired one needs no laterality)
     body_part = sources[0].get("BodyPartExamined")
