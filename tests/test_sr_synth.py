@@ -158,9 +158,7 @@ def write_study(datasets: list[Dataset], folder: Path) -> list[Path]:
     return paths
 
 
-def make_manifest(
-    *, image_level: bool = True, not_for_primary_diagnosis: bool = True
-) -> Manifest:
+def make_manifest(*, image_level: bool = True, not_for_primary_diagnosis: bool = True) -> Manifest:
     """A two- or three-label chest model manifest with SNOMED finding codes."""
     outputs = [
         {
