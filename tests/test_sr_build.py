@@ -22,6 +22,7 @@ from node.sr import (
     ResultOutputs,
     SrError,
     as_outputs,
+    build_result_objects,
     build_result_sr,
     build_summary_sc,
     device_uid,
@@ -361,3 +362,16 @@ def test_write_is_atomic_and_replaces(tmp_path: Path) -> None:
 def test_reader_refuses_non_sr() -> None:
     with pytest.raises(SrError, match="not a Comprehensive 3D SR"):
         read_result_sr(make_study(1)[0])
+
+
+def test_result_objects_follow_the_secondary_capture_setting() -> None:
+    study = make_study(2)
+    manifest = make_manifest()
+    only_sr = build_result_objects(manifest, _outputs(study), study, uid_key=KEY)
+    assert [d.Modality for d in only_sr] == ["SR"]
+    both = build_result_objects(
+        manifest, _outputs(study), study, uid_key=KEY, settings=SrSection(secondary_capture=True)
+    )
+    assert [d.Modality for d in both] == ["SR", "OT"]
+    assert both[0].SOPInstanceUID == only_sr[0].SOPInstanceUID
+    assert len({d.StudyInstanceUID for d in [*both, *study]}) == 1
