@@ -304,6 +304,9 @@ def test_bad_sources_are_refused() -> None:
         build_result_sr(manifest, outputs, broken, uid_key=KEY)
     with pytest.raises(SrError, match="uid_key"):
         build_result_sr(manifest, outputs, make_study(1), uid_key=b"short")
+    earlier = build_result_sr(manifest, outputs, make_study(1), uid_key=KEY)
+    with pytest.raises(SrError, match=r"source_datasets\[1\]: not an image"):
+        build_result_sr(manifest, outputs, [make_study(1)[0], earlier], uid_key=KEY)
     two_patients = make_study(2)
     two_patients[1].PatientID = "OTHER"
     with pytest.raises(SrError, match="more than one Patient ID"):

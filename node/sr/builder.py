@@ -93,6 +93,10 @@ def order_sources(source_datasets: Sequence[Dataset]) -> list[Dataset]:
         if missing:
             problems.append(f"source_datasets[{i}]: missing {', '.join(missing)}")
             continue
+        if "Rows" not in ds:
+            # e.g. an earlier result SR of the same study: only images can be analysed sources
+            problems.append(f"source_datasets[{i}]: not an image (SOP Class {ds.SOPClassUID})")
+            continue
         unique.setdefault(str(ds.SOPInstanceUID), ds)
     if problems:
         raise SrError(problems)
