@@ -240,7 +240,7 @@ def test_threshold_boundary_and_ckks_noise_clipping() -> None:
     assert by["cardiomegaly"].probability == 0.0
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.lists(st.floats(min_value=0.0, max_value=1.0), min_size=3, max_size=3),
 )
@@ -378,3 +378,17 @@ def test_result_objects_follow_the_secondary_capture_setting() -> None:
     assert [d.Modality for d in both] == ["SR", "OT"]
     assert both[0].SOPInstanceUID == only_sr[0].SOPInstanceUID
     assert len({d.StudyInstanceUID for d in [*both, *study]}) == 1
+
+
+def test_manifest_values_dicom_cannot_encode_are_named() -> None:
+    manifest = make_manifest(image_level=False)
+    long_meaning = manifest.outputs[1].finding.model_copy(update={"meaning": "m" * 70})
+    outputs_ = (
+        manifest.outputs[0],
+        manifest.outputs[1].model_copy(update={"finding": long_meaning}),
+    )
+    bad = manifest.model_copy(update={"outputs": outputs_})
+    with pytest.raises(SrError, match=r"manifest outputs\.cardiomegaly: Code meaning"):
+        build_result_sr(
+            bad, as_outputs({"pneumothorax": 0.1, "cardiomegaly": 0.2}), make_study(1), uid_key=KEY
+        )

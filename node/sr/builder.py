@@ -248,18 +248,24 @@ def build_result_sr(
     base_params = _parameter_strings(algorithm_parameters)
 
     groups: list[MeasurementsAndQualitativeEvaluations] = []
-    for label in manifest.outputs:
-        if label.level == "study":
-            groups.append(
-                _group(manifest, label, study_probs[label.name], images, None, uids, base_params)
-            )
     analysed = sorted((by_uid[u] for u in image_probs), key=lambda im: im.number)
     for label in manifest.outputs:
-        if label.level != "image":
-            continue
-        for img in analysed:
-            prob = image_probs[str(img.ds.SOPInstanceUID)][label.name]
-            groups.append(_group(manifest, label, prob, images, img, uids, base_params))
+        try:
+            if label.level == "study":
+                prob = study_probs[label.name]
+                groups.append(_group(manifest, label, prob, images, None, uids, base_params))
+                continue
+            for img in analysed:
+                prob = image_probs[str(img.ds.SOPInstanceUID)][label.name]
+                groups.append(_group(manifest, label, prob, images, img, uids, base_params))
+        except (ValueError, TypeError) as exc:
+            # highdicom's encoding checks on manifest values (code meaning > 64 chars, ...):
+            # public model metadata, safe to quote
+            raise SrError(f"manifest outputs.{label.name}: {exc}") from exc
+    try:
+        equipment = blindread_equipment(manifest)
+    except ValueError as exc:
+        raise SrError(f"manifest: {exc}") from exc
 
     device = DeviceObserverIdentifyingAttributes(
         uid=device_uid(manifest.manufacturer, manifest.model_name, manifest.name, manifest.version),
@@ -292,7 +298,7 @@ def build_result_sr(
             institution_name=settings.institution_name,
             is_complete=True,
             is_final=settings.final,
-            contributing_equipment=[blindread_equipment(manifest)],
+            contributing_equipment=[equipment],
         )
     except (AttributeError, ValueError, TypeError) as exc:
         # highdicom's message may quote attribute values (names, IDs): keep it out of our
