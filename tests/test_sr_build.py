@@ -392,3 +392,23 @@ def test_manifest_values_dicom_cannot_encode_are_named() -> None:
         build_result_sr(
             bad, as_outputs({"pneumothorax": 0.1, "cardiomegaly": 0.2}), make_study(1), uid_key=KEY
         )
+
+
+@pytest.mark.peer
+def test_originals_missing_type2_patient_study_attributes_still_make_valid_objects(
+    tmp_path: Path,
+) -> None:
+    study = make_study(2)
+    for ds in study:
+        for kw in ("PatientBirthDate", "PatientSex", "AccessionNumber", "ReferringPhysicianName"):
+            delattr(ds, kw)
+    manifest = make_manifest()
+    sr = build_result_sr(manifest, _outputs(study), study, uid_key=KEY)
+    sc = build_summary_sc(manifest, _outputs(study), study, uid_key=KEY)
+    assert "PatientSex" not in study[0]  # the originals are not modified
+    for ds, iod in ((sr, "Comprehensive3DSR"), (sc, "SCImage")):
+        path = tmp_path / f"{iod}.dcm"
+        write_dataset_atomic(ds, path)
+        assert_valid_dicom(path, iod)
+        assert ds.PatientSex == "" and ds.AccessionNumber == ""
+        assert ds.PatientID == study[0].PatientID

@@ -57,6 +57,7 @@ __all__ = [
     "AlgorithmParameters",
     "blindread_equipment",
     "build_result_sr",
+    "complete_type2_patient_study",
     "order_sources",
 ]
 
@@ -113,6 +114,36 @@ def order_sources(source_datasets: Sequence[Dataset]) -> list[Dataset]:
             str(d.SOPInstanceUID),
         ),
     )
+
+
+# Type 2 patient/study attributes highdicom reads from the first source: originals from a
+# sloppy modality may lack them; an empty value is what the standard asks for then.
+_TYPE2_PATIENT_STUDY = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
+
+
+def complete_type2_patient_study(ds: Dataset) -> Dataset:
+    """A shallow copy of ``ds`` with absent Type 2 patient/study attributes present and empty."""
+    missing = [kw for kw in _TYPE2_PATIENT_STUDY if kw not in ds]
+    if not missing:
+        return ds
+    out = Dataset()  # copy.copy would share the element dict and modify the original
+    for elem in ds:
+        out.add(elem)
+    if hasattr(ds, "file_meta"):
+        out.file_meta = ds.file_meta
+    for kw in missing:
+        setattr(out, kw, "")
+    return out
 
 
 def _parameter_strings(params: AlgorithmParameters | None) -> list[str]:
@@ -285,7 +316,7 @@ def build_result_sr(
     )
     try:
         sr = Comprehensive3DSR(
-            evidence=sources,
+            evidence=[complete_type2_patient_study(sources[0]), *sources[1:]],
             content=report[0],
             series_instance_uid=uids.sr_series,
             series_number=settings.series_number,

@@ -18,7 +18,12 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from node.config.sr import SrSection
-from node.sr.builder import BLINDREAD_MANUFACTURER, blindread_equipment, order_sources
+from node.sr.builder import (
+    BLINDREAD_MANUFACTURER,
+    blindread_equipment,
+    complete_type2_patient_study,
+    order_sources,
+)
 from node.sr.errors import SrError
 from node.sr.outputs import ResultOutputs, check_outputs
 from node.sr.uids import MIN_UID_KEY_BYTES, ResultUids
@@ -110,7 +115,7 @@ def build_summary_sc(
     pixels = render_summary_lines(lines)
     try:
         sc = hd.sc.SCImage.from_ref_dataset(
-            ref_dataset=sources[0],
+            ref_dataset=complete_type2_patient_study(sources[0]),
             pixel_array=pixels,
             photometric_interpretation="MONOCHROME2",
             bits_allocated=8,
