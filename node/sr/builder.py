@@ -12,8 +12,10 @@ template-conformant by construction. Layout:
   manufacturer, the caller's parameters such as the CKKS parameter set, and the label's name,
   level and decision threshold), the probability as a TID 300 numeric measurement with UCUM unit
   ``1``, a qualitative evaluation ``<finding> = Present|Absent`` (Present when the probability is
-  at or above the threshold), and comment items saying that the result was computed under
-  encryption and, when the manifest says so, that it is not for primary diagnosis.
+  at or above the threshold), and ``Comment`` TEXT items (TID 1501 row 12, TEXT qualitative
+  evaluation) saying that the result was computed under encryption and, when the manifest says
+  so, that it is not for primary diagnosis. Free text has no slot at the TID 1500 level, and
+  putting it on every group keeps it attached to each result a viewer may show on its own.
 - Patient and study modules are copied from the original source datasets (highdicom's
   ``copy_patient_and_study_information``), so the SR lands in the original study; series and
   instance UIDs are keyed-deterministic (:mod:`node.sr.uids`) so a resend replaces the earlier SR.
