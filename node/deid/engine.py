@@ -103,6 +103,9 @@ _VAULT_KEYWORDS = (
     "StudyDescription",
     "ReferringPhysicianName",
 )
+_QUICK_PN = (0x00100010, 0x00101001, 0x00101005, 0x00101060, 0x00080090, 0x00081050, 0x00081070,
+             0x00081060, 0x00321032)
+_QUICK_ID = (0x00100020, 0x00101000, 0x00080050, 0x00200010, 0x00100021, 0x00101040, 0x00102154)
 _TOKEN_KEYWORD_PARTS = ("ID", "Number", "Address", "Telephone", "Institution")
 
 
@@ -139,7 +142,7 @@ class _Ctx:
 
     shift_days: int | None
     uid_map: dict[str, str]
-    scrubber: PhiScrubber | None
+    scrubber: PhiScrubber
     invalid_dates: int = 0
 
 
@@ -190,6 +193,7 @@ class Deidentifier:
             or Option.RETAIN_DEVICE_IDENTITY in self.options
         )
         self._plans: dict[tuple[int, bool], tuple[str, str]] = {}
+        self._scrubbers: dict[frozenset[str], PhiScrubber] = {}
         self._method_values = ["BlindRead PS3.15 E.1-1 Basic Profile", *self.options.names()]
 
     # ------------------------------------------------------------------ public API
@@ -227,7 +231,7 @@ class Deidentifier:
             masked = True
             self._emit("deid.masked", instance=inst_p, study=study_p, reason=reason)
 
-        scrubber = PhiScrubber(self._collect_tokens(ds)) if self._clean_text else None
+        scrubber = self._scrubber(ds)
         ctx = _Ctx(shift_days=shift, uid_map={}, scrubber=scrubber)
         self._walk(ds, ctx, in_clean=False, device_mask=self._overlay_mask(ds))
         if _PATIENT_ID in ds or orig_pid:
@@ -277,6 +281,29 @@ class Deidentifier:
         if self.profile.overlay_data != "C":
             return None
         return self.burned_in.mask_for(ds) if self.burned_in.masks else None
+
+    def _scrubber(self, ds: Dataset) -> PhiScrubber:
+        """The instance's scrubber; cached by token set (instances of a patient share one)."""
+        tokens = frozenset(self._collect_tokens(ds) if self._clean_text else self._quick_tokens(ds))
+        scrubber = self._scrubbers.get(tokens)
+        if scrubber is None:
+            if len(self._scrubbers) > 256:
+                self._scrubbers.clear()
+            scrubber = self._scrubbers[tokens] = PhiScrubber(tokens)
+        return scrubber
+
+    @staticmethod
+    def _quick_tokens(ds: Dataset) -> set[str]:
+        """Identifiers from the top-level patient/study attributes only (cheap)."""
+        tokens: set[str] = set()
+        for tag in _QUICK_PN:
+            if tag in ds._dict:
+                for v in _values(ds[tag].value):
+                    tokens |= name_tokens(str(v))
+        for tag in _QUICK_ID:
+            if tag in ds._dict:
+                tokens |= {str(v) for v in _values(ds[tag].value) if len(str(v).strip()) >= 3}
+        return tokens
 
     def _collect_tokens(self, ds: Dataset) -> set[str]:
         """Every name, ID, address and birth date in the instance, before anything changes."""
@@ -334,8 +361,8 @@ class Deidentifier:
             return "K" if self._full_dates else ("C" if self._modified_dates else "X")
         if vr == "TM":
             return "K" if (self._full_dates or self._modified_dates) else "X"
-        if in_clean and vr in _TEXT_VRS:
-            return "C"
+        if vr in _TEXT_VRS:
+            return "C" if in_clean else "S"  # S: known-identifier safety net
         return "K"
 
     def _walk(
@@ -396,6 +423,10 @@ class Deidentifier:
             self._map_uids(elem, ctx, keep_known=action == "M")
         elif action == "C":
             self._clean(ds, elem, ctx)
+        elif action == "S":
+            if elem.value:
+                vals = [ctx.scrubber.scrub_known(str(v)) for v in _values(elem.value)]
+                elem.value = vals if len(vals) > 1 else vals[0]
         else:  # pragma: no cover - the table compiler only produces the actions above
             raise RuntimeError(f"unhandled action {action!r}")
 
@@ -445,7 +476,7 @@ class Deidentifier:
             if elem.value:
                 elem.value = patient_pseudonym(self.keys.hmac_key, "dev:" + _as_str(elem.value))[:16]
         elif vr in _TEXT_VRS or vr == "UR":
-            if elem.value and ctx.scrubber is not None:
+            if elem.value:
                 vals = [ctx.scrubber.scrub(str(v)) for v in _values(elem.value)]
                 elem.value = vals if len(vals) > 1 else vals[0]
         elif vr in _STRINGY_VRS:
@@ -477,7 +508,7 @@ class Deidentifier:
             del ds[tag]
             return
         elem = ds[tag]
-        if elem.VR in _TEXT_VRS and ctx.scrubber is not None and elem.value:
+        if elem.VR in _TEXT_VRS and elem.value:
             elem.value = ctx.scrubber.scrub(_as_str(elem.value))
 
     def _overlay(self, ds: Dataset, tag: int, ctx: _Ctx, mask: DeviceMask | None) -> None:
@@ -490,7 +521,7 @@ class Deidentifier:
         elem = ds[tag]
         if element == 0x4000 and self.profile.overlay_comments != "C":
             del ds[tag]
-        elif elem.VR in _TEXT_VRS and ctx.scrubber is not None and elem.value:
+        elif elem.VR in _TEXT_VRS and elem.value:
             elem.value = ctx.scrubber.scrub(_as_str(elem.value))
         elif element == 0x3000 and mask is not None and elem.value:
             _mask_overlay(ds, group, mask)

@@ -54,8 +54,13 @@ def _norm_char(c: str) -> str:
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
 
 
-def _normalize(text: str) -> tuple[str, list[int]]:
-    """Accent-stripped, case-folded text plus, per output char, the index of its source char."""
+def _normalize(text: str) -> tuple[str, list[int] | None]:
+    """Accent-stripped, case-folded text plus, per output char, the index of its source char.
+
+    ASCII text (the common case) maps one to one, signalled by ``None`` instead of an index.
+    """
+    if text.isascii():
+        return text.lower(), None
     out: list[str] = []
     index: list[int] = []
     for i, c in enumerate(text):
@@ -98,13 +103,25 @@ class PhiScrubber:
                 parts.append(esc)
         self._known = re.compile("|".join(parts)) if parts else None
 
+    def scrub_known(self, text: str) -> str:
+        """Replace only this instance's known identifiers (names, IDs, birth date) by ``***``.
+
+        Used as a safety net on text attributes the profile keeps: it never alters text that
+        does not contain one of them.
+        """
+        if not text or self._known is None:
+            return text
+        norm, index = _normalize(text)
+        spans = [
+            (m.start(), m.end()) if index is None else (index[m.start()], index[m.end() - 1] + 1)
+            for m in self._known.finditer(norm)
+        ]
+        for start, end in reversed(spans):
+            text = text[:start] + REDACTED + text[end:]
+        return text
+
     def scrub(self, text: str) -> str:
         """Return ``text`` with every known or identifier-shaped span replaced by ``***``."""
         if not text:
             return text
-        if self._known is not None:
-            norm, index = _normalize(text)
-            spans = [(index[m.start()], index[m.end() - 1] + 1) for m in self._known.finditer(norm)]
-            for start, end in reversed(spans):
-                text = text[:start] + REDACTED + text[end:]
-        return _GENERIC.sub(REDACTED, text)
+        return _GENERIC.sub(REDACTED, self.scrub_known(text))
