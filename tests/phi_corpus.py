@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian
 
 __all__ = [
@@ -41,8 +40,13 @@ US_CLASS = "1.2.840.10008.5.1.4.1.1.6.1"
 SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 SAFE_CREATOR = "BLINDREAD SAFE TEST"
 UNSAFE_CREATOR = "ACME PHI STORE"
-DOSE_MASK = {"manufacturer": "ACME", "model": "DOSESCREEN", "rows": 16, "columns": 16,
-             "regions": [{"x": 0, "y": 0, "width": 16, "height": 4}]}
+DOSE_MASK = {
+    "manufacturer": "ACME",
+    "model": "DOSESCREEN",
+    "rows": 16,
+    "columns": 16,
+    "regions": [{"x": 0, "y": 0, "width": 16, "height": 4}],
+}
 
 _PEOPLE = [
     ("QUAXLEY", "Zebulon", "Ignatius", "Dr.", "III"),
@@ -183,8 +187,15 @@ def _image(ds: Dataset, rng: random.Random, rows: int = 8, cols: int = 8) -> byt
     return bytes(ds.PixelData)
 
 
-def _ct(p: PatientPlant, person: tuple[str, ...], rng: random.Random, series_uid: str,
-        for_uid: str, idx: int, series_no: int) -> Dataset:
+def _ct(
+    p: PatientPlant,
+    person: tuple[str, ...],
+    rng: random.Random,
+    series_uid: str,
+    for_uid: str,
+    idx: int,
+    series_no: int,
+) -> Dataset:
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 192"
     ds.SOPClassUID = CT_CLASS
@@ -215,8 +226,9 @@ def _ct(p: PatientPlant, person: tuple[str, ...], rng: random.Random, series_uid
     return ds
 
 
-def _sr(p: PatientPlant, person: tuple[str, ...], rng: random.Random,
-        refs: list[tuple[str, str]]) -> Dataset:
+def _sr(
+    p: PatientPlant, person: tuple[str, ...], rng: random.Random, refs: list[tuple[str, str]]
+) -> Dataset:
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 192"
     ds.SOPClassUID = SR_CLASS
@@ -388,10 +400,19 @@ def generate(out_dir: Path, seed: int = 1234, n_patients: int = 3) -> Manifest:
             uids |= {ds.SOPInstanceUID, ds.SeriesInstanceUID}
         uids |= {p.study_uid, for_uid}
         phi |= {
-            pid, p.other_id, p.accession, *p.name_parts, *p.physician_parts, "Šťastná",
-            "Quaxley Lane", "867-5309", "QUAXLEY_WS",
-            f"RP{p.accession}", f"SPS{p.accession}",
-            p.birth_date, f"{p.birth_date[:4]}-{p.birth_date[4:6]}-{p.birth_date[6:]}",
+            pid,
+            p.other_id,
+            p.accession,
+            *p.name_parts,
+            *p.physician_parts,
+            "Šťastná",
+            "Quaxley Lane",
+            "867-5309",
+            "QUAXLEY_WS",
+            f"RP{p.accession}",
+            f"SPS{p.accession}",
+            p.birth_date,
+            f"{p.birth_date[:4]}-{p.birth_date[4:6]}-{p.birth_date[6:]}",
         }
         dates |= {study_date}
         unsafe_private |= {p.name, pid, f"acc {p.accession}"}

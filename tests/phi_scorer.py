@@ -145,8 +145,7 @@ def score(
         for rel, ds in outs.items():
             text = _all_text(ds)
             for norm, orig in forbidden_norm.items():
-                check(f"{rel}: planted value {orig!r} absent",
-                      norm not in text)
+                check(f"{rel}: planted value {orig!r} absent", norm not in text)
             src = ins[rel]
             # --- UIDs
             for kw in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"):
@@ -154,12 +153,16 @@ def score(
                 if "retain_uids" in opts:
                     check(f"{rel}: {kw} retained", old == new)
                     continue
-                check(f"{rel}: {kw} replaced by 2.25 UID",
-                      new.startswith("2.25.") and len(new) <= 64 and new != old)
+                check(
+                    f"{rel}: {kw} replaced by 2.25 UID",
+                    new.startswith("2.25.") and len(new) <= 64 and new != old,
+                )
                 prev = uid_seen.setdefault(old, new)
                 check(f"{rel}: {kw} mapped consistently", prev == new)
-            check(f"{rel}: file meta SOP Instance UID = SOP Instance UID",
-                  ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID)
+            check(
+                f"{rel}: file meta SOP Instance UID = SOP Instance UID",
+                ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID,
+            )
             # --- patient pseudonym
             pid = str(ds.get("PatientID", ""))
             check(f"{rel}: Patient ID pseudonymized", pid and pid != p.patient_id)
@@ -171,10 +174,17 @@ def score(
             if p.files[rel] == "dose":
                 want.add("113101")
             check(f"{rel}: method codes = options applied", codes == want, f"{codes} != {want}")
-            check(f"{rel}: De-identification Method present", bool(ds.get("DeidentificationMethod")))
+            check(
+                f"{rel}: De-identification Method present", bool(ds.get("DeidentificationMethod"))
+            )
             ltim = ds.get("LongitudinalTemporalInformationModified")
-            exp_ltim = ("UNMODIFIED" if "retain_long_full_dates" in opts else
-                        "MODIFIED" if "retain_long_modified_dates" in opts else "REMOVED")
+            exp_ltim = (
+                "UNMODIFIED"
+                if "retain_long_full_dates" in opts
+                else "MODIFIED"
+                if "retain_long_modified_dates" in opts
+                else "REMOVED"
+            )
             check(f"{rel}: (0028,0303) = {exp_ltim}", ltim == exp_ltim)
             # --- dates
             if "retain_long_modified_dates" in opts:
@@ -185,21 +195,30 @@ def score(
                 if "AcquisitionDateTime" in src:
                     a_in, a_out = str(src.AcquisitionDateTime), str(ds.AcquisitionDateTime)
                     check(f"{rel}: DT time and UTC offset kept", a_in[8:] == a_out[8:])
-                    check(f"{rel}: DT shifted by the same offset",
-                          (_date(a_out) - _date(a_in)).days == delta)
+                    check(
+                        f"{rel}: DT shifted by the same offset",
+                        (_date(a_out) - _date(a_in)).days == delta,
+                    )
                 if "ContentDate" in src:
-                    check(f"{rel}: interval study->content kept",
-                          (_date(str(ds.ContentDate)) - _date(str(ds.StudyDate))).days
-                          == (_date(str(src.ContentDate)) - _date(str(src.StudyDate))).days)
-                check(f"{rel}: times kept (whole-day shift)",
-                      str(ds.get("StudyTime", "")) == str(src.StudyTime))
+                    check(
+                        f"{rel}: interval study->content kept",
+                        (_date(str(ds.ContentDate)) - _date(str(ds.StudyDate))).days
+                        == (_date(str(src.ContentDate)) - _date(str(src.StudyDate))).days,
+                    )
+                check(
+                    f"{rel}: times kept (whole-day shift)",
+                    str(ds.get("StudyTime", "")) == str(src.StudyTime),
+                )
             elif "retain_long_full_dates" in opts:
                 check(f"{rel}: full dates kept", ds.StudyDate == src.StudyDate)
             else:
                 check(f"{rel}: study date emptied", not ds.get("StudyDate"))
-                check(f"{rel}: acquisition datetime not kept",
-                      str(ds.get("AcquisitionDateTime", "") or "") != str(
-                          src.get("AcquisitionDateTime", "")) or "AcquisitionDateTime" not in src)
+                check(
+                    f"{rel}: acquisition datetime not kept",
+                    str(ds.get("AcquisitionDateTime", "") or "")
+                    != str(src.get("AcquisitionDateTime", ""))
+                    or "AcquisitionDateTime" not in src,
+                )
             check(f"{rel}: birth date removed", not ds.get("PatientBirthDate"))
             # --- patient characteristics
             if "retain_patient_characteristics" in opts:
@@ -213,8 +232,11 @@ def score(
                 if elem.tag.is_private and not elem.tag.is_private_creator:
                     creator_tag = (elem.tag.group << 16) | (elem.tag.element >> 8)
                     creator = str(ds[creator_tag].value) if creator_tag in ds else ""
-                    ok = (creator == SAFE_CREATOR and (elem.tag.element & 0xFF) == 0x10
-                          and "retain_safe_private" in opts)
+                    ok = (
+                        creator == SAFE_CREATOR
+                        and (elem.tag.element & 0xFF) == 0x10
+                        and "retain_safe_private" in opts
+                    )
                     check(f"{rel}: private {elem.tag} allowed", ok)
                     safe_kept |= ok
             if "retain_safe_private" in opts and p.files[rel] == "ct":
@@ -229,28 +251,34 @@ def score(
                 region = DOSE_MASK["regions"][0]
                 y1 = region["y"] + region["height"]
                 check(f"{rel}: burned-in band blanked", not arr_out[:y1].any())
-                check(f"{rel}: other pixels unchanged",
-                      np.array_equal(arr_out[y1:], arr_in[y1:]))
+                check(f"{rel}: other pixels unchanged", np.array_equal(arr_out[y1:], arr_in[y1:]))
                 check(f"{rel}: Burned In Annotation now NO", ds.get("BurnedInAnnotation") == "NO")
             # --- SR content
             if role == "sr":
                 texts = [str(v) for v in _find_all(ds, "TextValue")]
                 if "clean_structured_content" in opts:
-                    check(f"{rel}: SR text item kept but scrubbed",
-                          len(texts) == 1 and "No nodule." in texts[0] and "***" in texts[0])
+                    check(
+                        f"{rel}: SR text item kept but scrubbed",
+                        len(texts) == 1 and "No nodule." in texts[0] and "***" in texts[0],
+                    )
                     dates = [str(v) for v in _find_all(ds, "Date")]
                     if "retain_long_modified_dates" in opts:
-                        check(f"{rel}: SR DATE item shifted",
-                              dates and all(d != p.study_date for d in dates))
+                        check(
+                            f"{rel}: SR DATE item shifted",
+                            dates and all(d != p.study_date for d in dates),
+                        )
                     uid_items = [str(v) for v in _find_all(ds, "UID")]
                     if "retain_uids" not in opts:
-                        check(f"{rel}: SR UIDREF item mapped to the study's new UID",
-                              uid_items == [str(ds.StudyInstanceUID)])
+                        check(
+                            f"{rel}: SR UIDREF item mapped to the study's new UID",
+                            uid_items == [str(ds.StudyInstanceUID)],
+                        )
                 else:
                     check(f"{rel}: SR content tree removed (basic profile)", not texts)
                 pnames = [str(v) for v in _find_all(ds, "PersonName")]
-                check(f"{rel}: SR person names replaced",
-                      all(v in ("", "ANONYMIZED") for v in pnames))
+                check(
+                    f"{rel}: SR person names replaced", all(v in ("", "ANONYMIZED") for v in pnames)
+                )
 
         # --- references across series and documents
         if "retain_uids" not in opts and outs:
@@ -259,28 +287,40 @@ def score(
                 for ref in _find_all(ds, "ReferencedSOPInstanceUID"):
                     if str(ref) == str(ds.StudyInstanceUID):
                         continue  # the study reference in ReferencedStudySequence
-                    check(f"{rel}: reference resolves to a de-identified instance",
-                          str(ref) in sops or str(ref) == str(ds.StudyInstanceUID))
+                    check(
+                        f"{rel}: reference resolves to a de-identified instance",
+                        str(ref) in sops or str(ref) == str(ds.StudyInstanceUID),
+                    )
             ct_outs = [d for r, d in outs.items() if p.files[r] == "ct"]
-            check(f"patient {manifest.patients.index(p)}: one Frame of Reference across series",
-                  len({str(d.FrameOfReferenceUID) for d in ct_outs}) == 1)
-            check(f"patient {manifest.patients.index(p)}: one study UID across files",
-                  len({str(d.StudyInstanceUID) for d in outs.values()}) == 1)
-            check(f"patient {manifest.patients.index(p)}: one pseudonym across files",
-                  len({str(d.PatientID) for d in outs.values()}) == 1)
+            check(
+                f"patient {manifest.patients.index(p)}: one Frame of Reference across series",
+                len({str(d.FrameOfReferenceUID) for d in ct_outs}) == 1,
+            )
+            check(
+                f"patient {manifest.patients.index(p)}: one study UID across files",
+                len({str(d.StudyInstanceUID) for d in outs.values()}) == 1,
+            )
+            check(
+                f"patient {manifest.patients.index(p)}: one pseudonym across files",
+                len({str(d.PatientID) for d in outs.values()}) == 1,
+            )
             # series 2 references series 1 instance 0 (ReferencedImageSequence)
             ct2 = next(d for r, d in outs.items() if r.endswith("ct_2.dcm"))
             ct0 = next(d for r, d in outs.items() if r.endswith("ct_0.dcm"))
-            check(f"patient {manifest.patients.index(p)}: ReferencedImageSequence chain",
-                  ct2.ReferencedImageSequence[0].ReferencedSOPInstanceUID == ct0.SOPInstanceUID)
+            check(
+                f"patient {manifest.patients.index(p)}: ReferencedImageSequence chain",
+                ct2.ReferencedImageSequence[0].ReferencedSOPInstanceUID == ct0.SOPInstanceUID,
+            )
     pseudonyms = set()
     for p in manifest.patients:
         for rel in p.files:
             path = out_dir / rel
             if path.exists():
                 pseudonyms.add((manifest.patients.index(p), str(pydicom.dcmread(path).PatientID)))
-    check("pseudonyms distinct between patients",
-          len({ps for _, ps in pseudonyms}) == len(manifest.patients))
+    check(
+        "pseudonyms distinct between patients",
+        len({ps for _, ps in pseudonyms}) == len(manifest.patients),
+    )
     return checks
 
 

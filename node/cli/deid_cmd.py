@@ -12,7 +12,7 @@ from pathlib import Path
 
 from node.config import load_config
 from node.config.model import NodeConfig
-from node.deid import DeidKeys, Deidentifier, OptionError, parse_options
+from node.deid import Deidentifier, DeidKeys, OptionError, parse_options
 from node.deid.batch import deidentify_tree, write_atomic, write_mapping_csv
 from node.keys import load_or_create_secret
 from node.logsetup import configure_logging
@@ -82,8 +82,10 @@ def _deid(args: argparse.Namespace) -> int:
         keys = DeidKeys.load_or_create(cfg.node.keys)
     else:
         keys = DeidKeys.ephemeral()
-        print("deid: no --config: using one-off keys (outputs unlinkable to other runs)",
-              file=sys.stderr)
+        print(
+            "deid: no --config: using one-off keys (outputs unlinkable to other runs)",
+            file=sys.stderr,
+        )
     deid = Deidentifier(
         options, keys, burned_in=cfg.deid.burned_in.to_policy(), safe_private=cfg.deid.allow_list()
     )

@@ -47,7 +47,9 @@ __all__ = [
 
 def _check_option(name: str) -> str:
     if name not in KNOWN_NAMES:
-        raise ValueError(f"unknown de-identification option {name!r}; known: {', '.join(KNOWN_NAMES)}")
+        raise ValueError(
+            f"unknown de-identification option {name!r}; known: {', '.join(KNOWN_NAMES)}"
+        )
     return name
 
 

@@ -12,7 +12,7 @@ Typical use (pipeline, in memory)::
 from __future__ import annotations
 
 from node.deid.burned import BurnedInPolicy, BurnedInRule, DeviceMask
-from node.deid.engine import DeidResult, Deidentifier, EventCallback
+from node.deid.engine import Deidentifier, DeidResult, EventCallback
 from node.deid.keyed import DeidKeys, UidMapper, date_shift_days, patient_pseudonym
 from node.deid.options import KNOWN_NAMES, Option, OptionError, ProfileOptions, parse_options
 from node.deid.private import SafePrivateAllowList, SafePrivateTag

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
@@ -48,7 +48,7 @@ _BURNED_IN = Tag(0x0028, 0x0301)
 _PIXEL_DATA = Tag(0x7FE0, 0x0010)
 
 
-class BurnedInRule(str, Enum):
+class BurnedInRule(StrEnum):
     """What to do with an instance that may carry burned-in text."""
 
     BLOCK = "block"

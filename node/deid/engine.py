@@ -103,8 +103,17 @@ _VAULT_KEYWORDS = (
     "StudyDescription",
     "ReferringPhysicianName",
 )
-_QUICK_PN = (0x00100010, 0x00101001, 0x00101005, 0x00101060, 0x00080090, 0x00081050, 0x00081070,
-             0x00081060, 0x00321032)
+_QUICK_PN = (
+    0x00100010,
+    0x00101001,
+    0x00101005,
+    0x00101060,
+    0x00080090,
+    0x00081050,
+    0x00081070,
+    0x00081060,
+    0x00321032,
+)
 _QUICK_ID = (0x00100020, 0x00101000, 0x00080050, 0x00200010, 0x00100021, 0x00101040, 0x00102154)
 _TOKEN_KEYWORD_PARTS = ("ID", "Number", "Address", "Telephone", "Institution")
 
@@ -194,6 +203,7 @@ class Deidentifier:
         )
         self._plans: dict[tuple[int, bool], tuple[str, str]] = {}
         self._scrubbers: dict[frozenset[str], PhiScrubber] = {}
+        self._token_kinds: dict[int, str] = {}
         self._method_values = ["BlindRead PS3.15 E.1-1 Basic Profile", *self.options.names()]
 
     # ------------------------------------------------------------------ public API
@@ -305,24 +315,40 @@ class Deidentifier:
                 tokens |= {str(v) for v in _values(ds[tag].value) if len(str(v).strip()) >= 3}
         return tokens
 
-    def _collect_tokens(self, ds: Dataset) -> set[str]:
-        """Every name, ID, address and birth date in the instance, before anything changes."""
-        tokens: set[str] = set()
-        for elem in ds.iterall():
-            vr = elem.VR
-            if vr == "PN":
-                for v in _values(elem.value):
+    def _collect_tokens(self, ds: Dataset, tokens: set[str] | None = None) -> set[str]:
+        """Every name, ID, address and birth date in the instance, before anything changes.
+
+        Scans the raw element dict and decodes only the elements that can hold such values
+        (cached per tag), so the cost stays far below a full ``iterall()``.
+        """
+        if tokens is None:
+            tokens = set()
+        for tag, raw in list(ds._dict.items()):
+            kind = self._token_kinds.get(tag)
+            if kind is None:
+                kind = self._token_kinds[tag] = _token_kind(tag, raw.VR)
+            if not kind:
+                continue
+            value = ds[tag].value
+            if kind == "SQ":
+                for item in value or ():
+                    self._collect_tokens(item, tokens)
+            elif kind == "PN":
+                for v in _values(value):
                     tokens |= name_tokens(str(v))
-            elif vr in ("LO", "SH", "ST", "LT") and elem.tag.group in (0x0008, 0x0010, 0x0020,
-                                                                          0x0032, 0x0038, 0x0040):
-                kw = elem.keyword
-                if any(p in kw for p in _TOKEN_KEYWORD_PARTS):
-                    tokens |= {str(v) for v in _values(elem.value) if len(str(v).strip()) >= 3}
-            elif elem.tag == 0x00100030 and elem.value:
-                d = str(elem.value)
+            elif kind == "ID":
+                tokens |= {str(v) for v in _values(value) if len(str(v).strip()) >= 3}
+            elif kind == "BD" and value:
+                d = str(value)
                 if len(d) == 8:
                     y, m, dd = d[:4], d[4:6], d[6:]
-                    tokens |= {d, f"{y}-{m}-{dd}", f"{dd}/{m}/{y}", f"{m}/{dd}/{y}", f"{dd}.{m}.{y}"}
+                    tokens |= {
+                        d,
+                        f"{y}-{m}-{dd}",
+                        f"{dd}/{m}/{y}",
+                        f"{m}/{dd}/{y}",
+                        f"{dd}.{m}.{y}",
+                    }
         return tokens
 
     def _plan(self, tag: int, in_clean: bool, raw_vr: str | None) -> tuple[str, str]:
@@ -406,7 +432,9 @@ class Deidentifier:
         if private_tags:
             self._private(ds, private_tags, ctx)
 
-    def _apply(self, ds: Dataset, tag: int, action: str, vr: str, ctx: _Ctx, in_clean: bool) -> None:
+    def _apply(
+        self, ds: Dataset, tag: int, action: str, vr: str, ctx: _Ctx, in_clean: bool
+    ) -> None:
         if action == "X":
             del ds[tag]
             return
@@ -474,7 +502,9 @@ class Deidentifier:
             self._map_uids(elem, ctx, keep_known=True)
         elif vr in ("AE", "CS"):
             if elem.value:
-                elem.value = patient_pseudonym(self.keys.hmac_key, "dev:" + _as_str(elem.value))[:16]
+                elem.value = patient_pseudonym(self.keys.hmac_key, "dev:" + _as_str(elem.value))[
+                    :16
+                ]
         elif vr in _TEXT_VRS or vr == "UR":
             if elem.value:
                 vals = [ctx.scrubber.scrub(str(v)) for v in _values(elem.value)]
@@ -603,6 +633,32 @@ class Deidentifier:
             ds.LongitudinalTemporalInformationModified = "MODIFIED"
         else:
             ds.LongitudinalTemporalInformationModified = "REMOVED"
+
+
+def _token_kind(tag: int, raw_vr: str | None) -> str:
+    """What an element contributes to the scrubber's identifier set ('' = nothing)."""
+    if tag >> 16 & 1:
+        return ""
+    if tag == 0x00100030:
+        return "BD"
+    try:
+        vr = dictionary_VR(tag) if dictionary_has_tag(tag) else (raw_vr or "")
+    except KeyError:
+        vr = raw_vr or ""
+    if vr in ("SQ", "PN"):
+        return vr
+    if vr in ("LO", "SH", "ST", "LT") and tag >> 16 in (
+        0x0008,
+        0x0010,
+        0x0020,
+        0x0032,
+        0x0038,
+        0x0040,
+    ):
+        kw = keyword_for_tag(tag)
+        if any(p in kw for p in _TOKEN_KEYWORD_PARTS):
+            return "ID"
+    return ""
 
 
 def _values(value: Any) -> list[Any]:

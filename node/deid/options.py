@@ -13,8 +13,8 @@ from enum import Enum
 
 __all__ = [
     "BASIC_PROFILE_CODE",
-    "KNOWN_NAMES",
     "CLEAN_PIXEL_DATA_CODE",
+    "KNOWN_NAMES",
     "Option",
     "OptionError",
     "ProfileOptions",
@@ -64,7 +64,9 @@ class Option(Enum):
 
 
 _INFO: dict[Option, _OptionInfo] = {
-    Option.RETAIN_SAFE_PRIVATE: _OptionInfo("rtnSafePrivOpt", "113111", "Retain Safe Private Option"),
+    Option.RETAIN_SAFE_PRIVATE: _OptionInfo(
+        "rtnSafePrivOpt", "113111", "Retain Safe Private Option"
+    ),
     Option.RETAIN_UIDS: _OptionInfo("rtnUIDsOpt", "113110", "Retain UIDs Option"),
     Option.RETAIN_DEVICE_IDENTITY: _OptionInfo(
         "rtnDevIdOpt", "113109", "Retain Device Identity Option"
@@ -76,7 +78,9 @@ _INFO: dict[Option, _OptionInfo] = {
         "rtnPatCharsOpt", "113108", "Retain Patient Characteristics Option"
     ),
     Option.RETAIN_LONG_FULL_DATES: _OptionInfo(
-        "rtnLongFullDatesOpt", "113106", "Retain Longitudinal Temporal Information Full Dates Option"
+        "rtnLongFullDatesOpt",
+        "113106",
+        "Retain Longitudinal Temporal Information Full Dates Option",
     ),
     Option.RETAIN_LONG_MODIFIED_DATES: _OptionInfo(
         "rtnLongModifDatesOpt",

@@ -7,8 +7,8 @@
    case-insensitively and accent-insensitively (``MÜLLER`` matches ``muller``), on word
    boundaries so ``Ann`` does not eat ``Annotation``.
 2. Generic patterns: any word with a run of five or more digits (IDs, MRNs, compact dates),
-   numeric dates with separators, e-mail addresses, phone numbers, dates with month names, and a title (Dr, Mrs, Prof,
-   ...) followed by a capitalised word.
+   numeric dates with separators, e-mail addresses, phone numbers, dates with month names,
+   and a title (Dr, Mrs, Prof, ...) followed by a capitalised word.
 
 Hand-written because no maintained library does accent-insensitive replacement that maps back to
 the original string; NLP de-identifiers (Philter, Presidio) are heavyweight and not in our deps.
