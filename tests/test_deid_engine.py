@@ -168,7 +168,7 @@ def test_basic_profile_on_a_dataset_read_from_file() -> None:
     ds = r.dataset
     assert ds is not None and not r.blocked
     assert ds.PatientID == ds.PatientName == r.patient_pseudonym != "P123"
-    assert not ds.StudyDate and "PatientAge" not in ds and "AcquisitionDateTime" not in ds
+    assert not ds.StudyDate and "PatientAge" not in ds and not ds.get("AcquisitionDateTime")
     assert ds.SOPInstanceUID == ds.file_meta.MediaStorageSOPInstanceUID
     assert r.uid_map["1.2.3.4.20200101.1"] == ds.SOPInstanceUID
     assert ds.PixelData == pixel
