@@ -128,6 +128,7 @@ def score(
     forbidden_norm = {_norm(s): s for s in forbidden if len(s) >= 2}
 
     uid_seen: dict[str, str] = {}  # original -> replacement across files
+    deltas: dict[int, int] = {}  # patient index -> date shift seen first
     for p in manifest.patients:
         outs: dict[str, Dataset] = {}
         ins: dict[str, Dataset] = {}
@@ -190,8 +191,8 @@ def score(
             if "retain_long_modified_dates" in opts:
                 delta = (_date(str(ds.StudyDate)) - _date(str(src.StudyDate))).days
                 check(f"{rel}: study date shifted into the past", delta < 0)
-                p.__dict__.setdefault("_delta", delta)
-                check(f"{rel}: one shift per patient", p.__dict__["_delta"] == delta)
+                first = deltas.setdefault(manifest.patients.index(p), delta)
+                check(f"{rel}: one shift per patient", first == delta)
                 if "AcquisitionDateTime" in src:
                     a_in, a_out = str(src.AcquisitionDateTime), str(ds.AcquisitionDateTime)
                     check(f"{rel}: DT time and UTC offset kept", a_in[8:] == a_out[8:])

@@ -17,8 +17,8 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from node.deid import (
     BurnedInPolicy,
     BurnedInRule,
-    DeidKeys,
     Deidentifier,
+    DeidKeys,
     DeviceMask,
     PhiScrubber,
     SafePrivateAllowList,
@@ -131,8 +131,15 @@ def test_shift_preserves_intervals(a: dt.date, b: dt.date, days: int) -> None:
 
 @pytest.mark.parametrize(
     ("age", "out"),
-    [("095Y", "090Y"), ("089Y", "089Y"), ("090Y", "090Y"), ("999M", "999M"), ("200Y", "090Y"),
-     ("1", ""), ("050W", "050W")],
+    [
+        ("095Y", "090Y"),
+        ("089Y", "089Y"),
+        ("090Y", "090Y"),
+        ("999M", "999M"),
+        ("200Y", "090Y"),
+        ("1", ""),
+        ("050W", "050W"),
+    ],
 )
 def test_cap_age(age: str, out: str) -> None:
     assert cap_age(age) == out
@@ -151,7 +158,9 @@ def test_scrubber_accent_case_and_word_boundaries() -> None:
 
 def test_scrubber_generic_patterns() -> None:
     s = PhiScrubber()
-    text = "seen 03/04/2021 and 2021-03-04, call (555) 123-4567, mail a.b@x.org, Dr. Who, MRN 1234567"
+    text = (
+        "seen 03/04/2021 and 2021-03-04, call (555) 123-4567, mail a.b@x.org, Dr. Who, MRN 1234567"
+    )
     out = s.scrub(text)
     for leak in ("03/04/2021", "2021-03-04", "123-4567", "a.b@x.org", "Who", "1234567"):
         assert leak not in out

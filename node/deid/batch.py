@@ -92,6 +92,10 @@ def deidentify_tree(
             summary.skipped += 1
             summary.problems.append((str(rel), f"not readable as DICOM ({type(exc).__name__})"))
             continue
+        if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
+            summary.skipped += 1
+            summary.problems.append((str(rel), "not a DICOM instance (no SOP Class/Instance UID)"))
+            continue
         orig_pid = str(ds.get("PatientID", "") or "")
         try:
             result = deid.deidentify(ds)
