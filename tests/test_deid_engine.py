@@ -1,4 +1,4 @@
-"""Engine unit tests: UIDs, dates, ages, scrubbing, private tags, repeating groups, pixels, events."""
+"""Engine unit tests: UIDs, dates, ages, scrubbing, private tags, groups, pixels, events."""
 
 from __future__ import annotations
 

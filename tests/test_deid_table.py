@@ -30,7 +30,7 @@ def test_basic_profile_actions() -> None:
 
 
 def test_options_override_their_columns() -> None:
-    p = compile_profile(parse_options(KNOWN_NAMES[:-4] + ("clean_descriptors",)))
+    p = compile_profile(parse_options((*KNOWN_NAMES[:-4], "clean_descriptors")))
     assert p.action_for(0x0020000D) == "K"  # retain_uids
     assert p.action_for(0x00181000) == "K"  # Device Serial Number, retain_device_identity
     assert p.action_for(0x00080080) == "K"  # Institution Name, retain_institution_identity
