@@ -355,7 +355,7 @@ def evaluate(
             out.append("  stop: discard ends rule evaluation")
             break
         if not route.continue_:
-            out.append("  stop: first match (continue: false)")
+            out.append("  stop: first match (this rule has no 'continue: true')")
             break
         out.append("  continue: true, evaluating further rules")
     if not fired:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ModelWrapValidatorHandler, field_validator, model_validator
+from pydantic import Field, ModelWrapValidatorHandler, model_validator
 
 from node.config.base import FrozenModel
 from node.config.deid import DeidSection
@@ -60,16 +60,6 @@ class NodeConfig(FrozenModel):
         with reference_scope(_references(data)):
             return handler(data)
 
-    @field_validator("routes")
-    @classmethod
-    def _unique_route_names(cls, routes: tuple[RouteSection, ...]) -> tuple[RouteSection, ...]:
-        seen: set[str] = set()
-        for route in routes:
-            if route.name in seen:
-                raise ValueError(f"rule name {route.name!r} is used twice")
-            seen.add(route.name)
-        return routes
-
     @property
     def spool_dir(self) -> Path:
         return self.scp.spool_dir or self.node.state_dir / "spool"
@@ -89,7 +79,7 @@ def _references(data: Any) -> RouteReferences:
     """Names declared in a raw config mapping; ``None`` where that section is itself malformed
     (its own error is reported, and references to it are not checked twice)."""
     if not isinstance(data, dict):
-        return RouteReferences()
+        return RouteReferences(seen_names=set())
     dests = data.get("destinations", {})
     destinations = frozenset(str(k) for k in dests) if isinstance(dests, dict) else None
     raw_vendors = data.get("vendors", {})
@@ -99,6 +89,6 @@ def _references(data: Any) -> RouteReferences:
         for name, peer in raw_vendors.items():
             models = peer.get("models", ()) if isinstance(peer, dict) else ()
             if not isinstance(models, list | tuple) or not all(isinstance(m, str) for m in models):
-                return RouteReferences(destinations, None)
+                return RouteReferences(destinations, None, seen_names=set())
             vendors[str(name)] = frozenset(models)
-    return RouteReferences(destinations, vendors)
+    return RouteReferences(destinations, vendors, seen_names=set())

@@ -61,6 +61,8 @@ class RouteReferences:
 
     destinations: frozenset[str] | None = None
     vendors: Mapping[str, frozenset[str]] | None = field(default=None)
+    # rule names seen so far in this validation pass (routes are validated in order)
+    seen_names: set[str] | None = field(default=None, compare=False)
 
 
 _NO_REFS = RouteReferences()
@@ -388,6 +390,16 @@ class RouteSection(FrozenModel):
     match: Condition = Field(default_factory=lambda: Condition.model_validate({"all": []}))
     action: Action
     continue_: bool = Field(default=False, alias="continue")
+
+    @field_validator("name")
+    @classmethod
+    def _unique_name(cls, value: str) -> str:
+        seen = _REFS.get().seen_names
+        if seen is not None:
+            if value in seen:
+                raise ValueError(f"rule name {value!r} is already used by an earlier rule")
+            seen.add(value)
+        return value
 
     @model_validator(mode="after")
     def _discard_stops(self) -> RouteSection:
