@@ -550,13 +550,19 @@ def verify_ledger(
     probe = AuditEntry(h_seq, "", "", {}, "", h_hash, h_sig)
     if not probe.signature_valid(key):
         return VerifyReport(n, n + 1, n + 1, "signed head has an invalid signature")
-    if h_seq > n:
+    # The signature covers the head's hash, and that hash covers the entry's seq.
+    if h_hash in hashes:
+        at = hashes.index(h_hash) + 1
+        if at != h_seq:
+            return VerifyReport(n, n + 1, n + 1, f"signed head names entry seq {at} but says"
+                                f" seq {h_seq}: head file edited")
+    elif h_seq > n:
         return VerifyReport(
             n, n + 1, n + 1, f"ledger ends at seq {n} but the signed head says seq {h_seq}:"
             " entries were cut off the end"
         )
-    if h_seq >= 1 and hashes[h_seq - 1] != h_hash:
-        return VerifyReport(h_seq - 1, h_seq, h_seq, "entry differs from the signed head")
+    else:
+        return VerifyReport(max(h_seq - 1, 0), h_seq, h_seq, "entry differs from the signed head")
     return VerifyReport(entries=n, head_seq=h_seq)
 
 
