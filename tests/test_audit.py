@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import stat
@@ -62,7 +63,7 @@ def test_entries_are_chained_signed_and_published(ledger: AuditLedger, tmp_path:
     entries = [AuditEntry.from_json(line) for line in lines_of(ledger)]
     assert [e.seq for e in entries] == [1, 2, 3, 4, 5, 6]
     assert entries[0].prev_hash == GENESIS_HASH
-    for prev, cur in zip(entries, entries[1:], strict=False):
+    for prev, cur in itertools.pairwise(entries):
         assert cur.prev_hash == prev.hash
     e = entries[2]
     assert e.hash == entry_hash(1, e.seq, e.time, e.kind, e.details, e.prev_hash)
@@ -119,7 +120,7 @@ TAMPER = {
     "delete a line": (lambda ls: ls[:1] + ls[2:], 2, "seq is 3, expected 2"),
     "delete first line": (lambda ls: ls[1:], 1, "seq is 2, expected 1"),
     "insert forged line": (lambda ls: _forge(ls, 3), 4, "signature invalid"),
-    "insert a copy": (lambda ls: ls[:3] + [ls[1]] + ls[3:], 4, "seq is 2, expected 4"),
+    "insert a copy": (lambda ls: [*ls[:3], ls[1], *ls[3:]], 4, "seq is 2, expected 4"),
     "reorder two lines": (lambda ls: [ls[0], ls[2], ls[1], *ls[3:]], 2, "seq is 3, expected 2"),
     "truncate last two": (lambda ls: ls[:4], 5, "cut off the end"),
     "truncate mid-line": (lambda ls: [*ls[:5], ls[5][:40]], 6, "incomplete"),
