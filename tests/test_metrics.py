@@ -153,6 +153,7 @@ def test_serve_from_config() -> None:
     finally:
         server.stop()
     busy = socket.socket()  # the port is free again after stop(); occupy it
+    busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # client conns in TIME_WAIT
     busy.bind(("127.0.0.1", port))
     busy.listen()
     try:
