@@ -249,7 +249,7 @@ class MetricsServer:
         self._server = make_server(self._host, self._requested_port, self._app,
                                    server_class=cls, handler_class=_QuietHandler)
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="metrics-http", daemon=True
+            target=self._server.serve_forever, args=(0.05,), name="metrics-http", daemon=True
         )
         self._thread.start()
         return self
