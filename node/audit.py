@@ -41,6 +41,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from node.config import NodeConfig
 from node.keys import load_or_create_secret
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "head_path",
     "key_fingerprint",
     "load_public_key",
+    "open_ledger",
     "public_key_path",
     "verify_ledger",
 ]
@@ -161,6 +163,8 @@ def _check_value(value: Any, where: str) -> None:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise AuditDetailError(f"{where}: keys must be strings")
+            if _looks_like_uid(key) or _PN_RE.match(key):
+                raise AuditDetailError(f"{where}: a key looks like a UID or person name")
             if re.sub(r"[\s_\-]", "", key).lower() in _DENY_KEYS:
                 raise AuditDetailError(f"{where}.{key}: key is on the PHI deny-list")
             _check_value(item, f"{where}.{key}")
@@ -452,6 +456,13 @@ class AuditLedger:
         head = {"seq": seq, "hash": h, "signature": sig}
         _atomic_write(self.head_path, canonical_json(head) + b"\n", 0o640, self._fsync)
         return entry
+
+
+def open_ledger(cfg: NodeConfig) -> AuditLedger | None:
+    """The ledger configured under ``audit:`` (``None`` when ``audit.enabled`` is false)."""
+    if not cfg.audit.enabled:
+        return None
+    return AuditLedger.open(cfg.audit_ledger, cfg.audit_key_file, fsync=cfg.audit.fsync)
 
 
 def public_key_path(ledger: Path) -> Path:

@@ -173,8 +173,8 @@ def _describe_test(cond: Condition) -> str:
             parts.append(f"matches /{cond.regex.pattern}/" if safe and cond.regex else
                          f"matches {_HIDDEN}")
         else:
-            operand = getattr(cond, op)
-            parts.append(f"{op} {operand if safe or op != 'equals' else _HIDDEN}")
+            operand = getattr(cond, op)  # config text can quote an identifier too: hide it
+            parts.append(f"{op} {operand if safe else _HIDDEN}")
     suffix = " (ignoring case)" if cond.ignore_case else ""
     return f"{kw} " + " and ".join(parts) + suffix
 

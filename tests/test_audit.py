@@ -28,6 +28,7 @@ from node.audit import (
     entry_hash,
     export_since,
     load_public_key,
+    open_ledger,
     verify_ledger,
 )
 from node.cli import main
@@ -218,6 +219,7 @@ def test_details_allowed(details: dict[str, Any]) -> None:
          "details.msg: looks like a raw DICOM UID"),
         ({"list": ["ok", "1.3.6.1.4.1.9590.100.1.2"]}, "details.list[1]: looks like a raw"),
         ({"who": "Doe^John"}, "details.who: looks like a DICOM person name"),
+        ({"by_study": {"1.2.826.0.1.3680043.8.498.5": 1}}, "details.by_study: a key looks like"),
         ({"blob": b"\x00"}, "details.blob: bytes is not a JSON value"),
         ({"n": float("nan")}, "details.n: not a finite number"),
         ({"s": "x" * 2000}, "details.s: string longer than"),
@@ -260,12 +262,21 @@ def test_cli_verify_from_config(tmp_path: Path, capsys: pytest.CaptureFixture[st
     from node.config import load_config
 
     c = load_config(cfg)
-    led = AuditLedger.open(c.audit_ledger, c.audit_key_file)
+    led = open_ledger(c)
+    assert led is not None
     fill(led, 2)
     assert led.path == tmp_path / "state" / "audit" / "ledger.jsonl"
     assert c.audit_key_file == tmp_path / "state" / "keys" / "audit_ed25519.key"
     assert main(["audit", "verify", "--config", str(cfg)]) == 0
     assert "OK: 2 entries" in capsys.readouterr().out
+    cfg.write_text(f"node:\n  state_dir: {tmp_path / 'state'}\naudit:\n  enabled: false\n")
+    assert open_ledger(load_config(cfg)) is None
+
+
+def test_cli_bad_since_is_usage_error(ledger: AuditLedger) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["audit", "export", "--ledger", str(ledger.path), "--since", "yesterday"])
+    assert info.value.code == 2
 
 
 def test_cli_export_since(ledger: AuditLedger, tmp_path: Path,

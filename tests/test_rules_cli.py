@@ -122,3 +122,9 @@ def test_example_config_dry_run(study: Path, capsys: pytest.CaptureFixture[str])
     out = capsys.readouterr().out
     assert code == 0
     assert "would do: infer; forward_deidentified (dry run)" in out
+
+
+def test_bad_time_is_usage_error(study: Path, cfg: Path) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["rules", "test", "--config", str(cfg), "--at", "noonish", str(study)])
+    assert info.value.code == 2

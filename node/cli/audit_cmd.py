@@ -77,7 +77,8 @@ def _parse_since(text: str) -> datetime:
     try:
         when = datetime.fromisoformat(text)
     except ValueError:
-        raise SystemExit(f"--since: not an ISO 8601 time: {text!r}") from None
+        print(f"--since: not an ISO 8601 time: {text!r}", file=sys.stderr)
+        raise SystemExit(2) from None
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 

@@ -7,6 +7,7 @@ non-identifying attributes in :data:`node.rules.SAFE_ATTRIBUTES`.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -50,7 +51,8 @@ def _parse_at(text: str | None) -> datetime | None:
                                second=parts[2] if len(parts) > 2 else 0, microsecond=0)
         return datetime.fromisoformat(text)
     except (ValueError, IndexError):
-        raise SystemExit(f"--at: not a time 'HH:MM' or ISO date-time: {text!r}") from None
+        print(f"--at: not a time 'HH:MM' or ISO date-time: {text!r}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _files(paths: list[str]) -> Iterator[Path]:
