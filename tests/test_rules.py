@@ -404,3 +404,28 @@ def test_property_first_match_and_continue(rules: list[tuple[str, bool]], modali
                 break
     result = evaluate(routes, {"Modality": modality}, None, NOON)
     assert [m.name for m in result.matches] == expected
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 3000) | st.floats(allow_nan=False)
+    | st.sampled_from(["CR", "Modality", "Modalty", "(", "22:00", "all", "",
+                       "ReferencedStudySequence"]),
+    lambda inner: st.lists(inner, max_size=3)
+    | st.dictionaries(st.sampled_from(["all", "any", "not", "attribute", "equals", "in", "regex",
+                                       "lt", "ge", "exists", "calling_ae", "time_of_day",
+                                       "from", "to", "ignore_case", "bogus"]), inner, max_size=4),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(match=json_values)
+def test_property_any_yaml_is_a_config_error_or_valid(match: Any) -> None:
+    """Whatever an admin writes under 'match', loading ends in a path-named ConfigError or a
+    valid rule that evaluates without raising."""
+    try:
+        cfg = config([{"name": "fuzz", "match": match, "action": "discard"}])
+    except ConfigError as exc:
+        assert all(line.startswith("routes") for line in exc.problems), exc.problems
+        return
+    evaluate(cfg.routes, chest_cr(), "MOD1", NOON)

@@ -88,7 +88,11 @@ def _known(names: frozenset[str] | set[str]) -> str:
 # --- leaf validators ---------------------------------------------------------------------------
 
 
-def _check_keyword(value: str) -> str:
+def _check_keyword(value: Any) -> Any:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError("must be a DICOM keyword such as Modality")
     if value in keyword_dict:
         return value
     close = difflib.get_close_matches(value, list(keyword_dict), n=1, cutoff=0.75)
