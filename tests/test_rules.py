@@ -13,15 +13,27 @@ from hypothesis import strategies as st
 from pydicom.dataset import Dataset
 
 from node.config import ConfigError, NodeConfig, load_config, parse_model
+from node.config.inference import VendorPeerSection
 from node.config.routes import Condition, RouteSection
 from node.rules import SAFE_ATTRIBUTES, evaluate, matches, series_selected
+
+
+def vendor_peer(url: str, models: list[str]) -> dict[str, Any]:
+    """A vendors: entry; other required keys of VendorPeerSection (TLS file paths, owned by the
+    vendor-link config) get placeholder values, so these tests do not depend on them."""
+    entry: dict[str, Any] = {"url": url, "models": models}
+    for name, info in VendorPeerSection.model_fields.items():
+        if info.is_required() and name not in entry:
+            entry[name] = f"/nonexistent/{name}"
+    return entry
+
 
 BASE = {
     "destinations": {
         "pacs": {"ae_title": "PACS", "host": "127.0.0.1", "port": 104},
         "research": {"ae_title": "RESEARCH", "host": "127.0.0.1", "port": 105},
     },
-    "vendors": {"acme": {"url": "https://127.0.0.1:8443", "models": ["cxr-v2", "cxr-v1"]}},
+    "vendors": {"acme": vendor_peer("https://127.0.0.1:8443", ["cxr-v2", "cxr-v1"])},
 }
 INFER = {"infer": {"model": "cxr-v2", "vendor": "acme", "destinations": ["pacs"]}}
 NOON = datetime(2026, 11, 23, 12, 0)
@@ -96,6 +108,39 @@ def test_unknown_references_each_with_its_path() -> None:
         "routes[2].action.forward_deidentified.destination: unknown destination 'archive';"
         " known: pacs, research",
     ])
+
+
+def test_deid_profile_reference_and_option_names() -> None:
+    lines = problems([
+        {"name": "a", "action": {"forward_deidentified": {"destination": "research",
+                                                          "profile": "research"}}},
+        {"name": "b", "action": {"forward_deidentified": {"destination": "research",
+                                                          "options": ["rtnUIDsOpt"]}}},
+    ])
+    assert lines == [
+        "routes[0].action.forward_deidentified.profile: unknown de-identification profile"
+        " 'research'; known: (none configured)",
+        "routes[1].action.forward_deidentified.options[0]: must be a snake_case"
+        " de-identification option such as retain_long_modified_dates, got 'rtnUIDsOpt'",
+    ]
+
+
+def test_sr_overrides_merge_onto_node_defaults() -> None:
+    from node.config.routes import SrOptions
+    from node.config.sr import SrSection
+
+    assert set(SrOptions.model_fields) <= set(SrSection.model_fields)  # no drift
+    cfg = config([{"name": "a", "action": {"infer": {**INFER["infer"], "sr": {
+        "series_description": "Chest AI", "series_number": 77}}}}],
+        sr={"series_description": "node default", "secondary_capture": True})
+    infer = cfg.routes[0].action.infer
+    assert infer is not None
+    merged = infer.sr_settings(cfg.sr)
+    assert (merged.series_description, merged.series_number, merged.secondary_capture) == (
+        "Chest AI", 77, True)
+    lines = problems([{"name": "a", "action": {"infer": {**INFER["infer"], "sr": {
+        "series_description": "x" * 65}}}}])
+    assert lines[0].startswith("routes[0].action.infer.sr.series_description:")
 
 
 def test_references_checked_together_with_other_errors() -> None:
@@ -261,7 +306,7 @@ def test_first_match_stops() -> None:
 
 def test_continue_gives_all_match_and_discard_stops() -> None:
     forward = {"forward_deidentified": {"destination": "research",
-                                        "options": ["rtnLongModifDatesOpt"]}}
+                                        "options": ["retain_long_modified_dates"]}}
     cfg = config([
         _route("infer", "CR", cont=True),
         {"name": "off", "enabled": False, "match": {"all": []}, "action": "discard"},

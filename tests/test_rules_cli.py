@@ -12,6 +12,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from node.cli import main
+from tests.test_rules import vendor_peer
 
 ROOT = Path(__file__).resolve().parent.parent
 PHI = ("Roe^Richard", "Roe", "Richard", "PID-4242", "ACC-990011", "19700101", "St Elsewhere")
@@ -54,7 +55,7 @@ def study(tmp_path: Path) -> Path:
 def cfg(tmp_path: Path) -> Path:
     data = {
         "destinations": {"pacs": {"ae_title": "PACS", "host": "127.0.0.1", "port": 104}},
-        "vendors": {"acme": {"url": "https://127.0.0.1:1", "models": ["cxr-v2"]}},
+        "vendors": {"acme": vendor_peer("https://127.0.0.1:1", ["cxr-v2"])},
         "routes": [
             {"name": "vip-skip", "match": {"attribute": "PatientID", "equals": "PID-0000"},
              "action": "discard"},

@@ -89,6 +89,10 @@ def _references(data: Any) -> RouteReferences:
         for name, peer in raw_vendors.items():
             models = peer.get("models", ()) if isinstance(peer, dict) else ()
             if not isinstance(models, list | tuple) or not all(isinstance(m, str) for m in models):
-                return RouteReferences(destinations, None, seen_names=set())
+                vendors = None
+                break
             vendors[str(name)] = frozenset(models)
-    return RouteReferences(destinations, vendors, seen_names=set())
+    raw_deid = data.get("deid", {})
+    profiles = raw_deid.get("profiles", {}) if isinstance(raw_deid, dict) else None
+    deid_profiles = frozenset(str(k) for k in profiles) if isinstance(profiles, dict) else None
+    return RouteReferences(destinations, vendors, deid_profiles, seen_names=set())

@@ -33,6 +33,7 @@ from pydantic import (
 from pydicom.datadict import dictionary_VR, keyword_dict
 
 from node.config.base import FrozenModel
+from node.config.sr import SrSection
 
 __all__ = [
     "Action",
@@ -61,6 +62,7 @@ class RouteReferences:
 
     destinations: frozenset[str] | None = None
     vendors: Mapping[str, frozenset[str]] | None = field(default=None)
+    deid_profiles: frozenset[str] | None = None
     # rule names seen so far in this validation pass (routes are validated in order)
     seen_names: set[str] | None = field(default=None, compare=False)
 
@@ -256,11 +258,18 @@ class Condition(FrozenModel):
 # --- actions -----------------------------------------------------------------------------------
 
 
-class SrOptions(FrozenModel):
-    """Per-route overrides of the node's ``sr:`` section; omitted keys use the node default."""
+_NO_BACKSLASH = r"^[^\\\x00-\x1f]*$"
 
-    series_number: int | None = Field(default=None, ge=1)
-    series_description: str | None = None
+
+class SrOptions(FrozenModel):
+    """Per-route overrides of the node's ``sr:`` section; omitted keys use the node default.
+
+    Only keys of :class:`node.config.sr.SrSection` are allowed (a test keeps them in step);
+    :meth:`InferAction.sr_settings` merges them and validates the result as a whole.
+    """
+
+    series_number: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    series_description: str | None = Field(default=None, max_length=64, pattern=_NO_BACKSLASH)
     secondary_capture: bool | None = None
 
 
@@ -309,6 +318,11 @@ class InferAction(FrozenModel):
             )
         return value
 
+    def sr_settings(self, base: SrSection) -> SrSection:
+        """The node's ``sr:`` section with this route's overrides applied (and re-validated)."""
+        overrides = self.sr.model_dump(exclude_none=True)
+        return SrSection.model_validate({**base.model_dump(), **overrides})
+
     @field_validator("destinations")
     @classmethod
     def _destinations_unique(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -317,12 +331,29 @@ class InferAction(FrozenModel):
         return value
 
 
+def _check_option_name(name: str) -> str:
+    if not re.fullmatch(r"[a-z][a-z_]*", name):
+        raise ValueError("must be a snake_case de-identification option such as"
+                         " retain_long_modified_dates")
+    return name
+
+
+DeidOptionName = Annotated[str, AfterValidator(_check_option_name)]
+"""A PS3.15 option by the de-identification engine's name (the engine checks it is known)."""
+
+
 class ForwardAction(FrozenModel):
-    """Send a de-identified copy (PS3.15 basic profile + ``options``) to ``destination``."""
+    """Send a de-identified copy (PS3.15 basic profile) to ``destination``.
+
+    The profile options used are those of ``deid.profiles[profile]`` (or ``deid.options`` when
+    no profile is named) plus ``options``; option names are the de-identification engine's
+    snake_case names (``retain_long_modified_dates``, ...), checked by it.
+    """
 
     destination: str
-    options: tuple[str, ...] = Field(
-        default=(), description="PS3.15 profile options, e.g. rtnLongModifDatesOpt"
+    profile: str | None = Field(default=None, description="a key under deid.profiles")
+    options: tuple[DeidOptionName, ...] = Field(
+        default=(), description="extra PS3.15 options, e.g. retain_long_modified_dates"
     )
     series_filter: Condition | None = None
 
@@ -330,6 +361,15 @@ class ForwardAction(FrozenModel):
     @classmethod
     def _destination_known(cls, value: str) -> str:
         return _check_destination(value)
+
+    @field_validator("profile")
+    @classmethod
+    def _profile_known(cls, value: str | None) -> str | None:
+        known = _REFS.get().deid_profiles
+        if value is not None and known is not None and value not in known:
+            raise ValueError(f"unknown de-identification profile {value!r}; known: {_known(known)}")
+        return value
+
 
 
 class DiscardAction(FrozenModel):
