@@ -11,3 +11,4 @@ class VendorPeerSection(FrozenModel):
     """A vendor's secure_infer server as seen from the hospital."""
 
     url: str
+    models: tuple[str, ...] = ()  # names of the models routes may use at this peer
