@@ -46,6 +46,11 @@ def _allowed(warning: str) -> bool:
     return any(re.search(pattern, warning) for pattern in DCIODVFY_WARNING_ALLOW_LIST)
 
 
+def test_warning_allow_list_only_lets_justified_warnings_through() -> None:
+    assert all(reason.strip() for reason in DCIODVFY_WARNING_ALLOW_LIST.values())
+    assert not _allowed("Warning - some new problem nobody justified")
+
+
 def assert_valid_dicom(path: Path, iod: str) -> None:
     """dciodvfy: zero errors, only allow-listed warnings, and it recognised the IOD."""
     errors, warnings = dciodvfy(path)
