@@ -46,6 +46,11 @@ def _allowed(warning: str) -> bool:
     return any(re.search(pattern, warning) for pattern in DCIODVFY_WARNING_ALLOW_LIST)
 
 
+def test_warning_allow_list_only_lets_justified_warnings_through() -> None:
+    assert all(reason.strip() for reason in DCIODVFY_WARNING_ALLOW_LIST.values())
+    assert not _allowed("Warning - some new problem nobody justified")
+
+
 def assert_valid_dicom(path: Path, iod: str) -> None:
     """dciodvfy: zero errors, only allow-listed warnings, and it recognised the IOD."""
     errors, warnings = dciodvfy(path)
@@ -412,3 +417,20 @@ def test_originals_missing_type2_patient_study_attributes_still_make_valid_objec
         assert_valid_dicom(path, iod)
         assert ds.PatientSex == "" and ds.AccessionNumber == ""
         assert ds.PatientID == study[0].PatientID
+
+
+def test_images_are_numbered_as_a_reader_counts_them() -> None:
+    study = make_study(4, n_series=2)
+    for i, ds in enumerate(study):
+        ds.SeriesNumber = 2 if i % 2 == 0 else 1
+        ds.InstanceNumber = 10 - i
+    del study[3].InstanceNumber  # Type 2 in some IODs: absent sorts as 0
+    manifest = make_manifest()
+    report = read_result_sr(build_result_sr(manifest, _outputs(study), study, uid_key=KEY))
+    order = [f.source_sop_instance_uids[0] for f in report.image_findings]
+    expected = sorted(study, key=lambda d: (int(d.SeriesNumber), int(d.get("InstanceNumber", 0))))
+    assert order == [d.SOPInstanceUID for d in expected]
+    assert [f.tracking_identifier for f in report.image_findings] == [
+        f"nodule (image {n})" for n in range(1, 5)
+    ]
+

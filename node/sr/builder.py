@@ -84,8 +84,9 @@ class _Image:
 def order_sources(source_datasets: Sequence[Dataset]) -> list[Dataset]:
     """Check the source datasets belong to one study and patient; dedupe and sort them.
 
-    Sorting by (series, instance number, SOP Instance UID) makes the SR content independent of
-    the order files were read in, so a rebuilt SR is identical to the first.
+    Sorting by (series number, series, instance number, SOP Instance UID) numbers the images as
+    a reader would count them, and makes the SR content independent of the order files were
+    read in, so a rebuilt SR is identical to the first.
     """
     if not source_datasets:
         raise SrError("source_datasets: no source image given")
@@ -111,11 +112,19 @@ def order_sources(source_datasets: Sequence[Dataset]) -> list[Dataset]:
     return sorted(
         datasets,
         key=lambda d: (
+            _int_or_zero(d, "SeriesNumber"),
             str(d.SeriesInstanceUID),
-            int(d.get("InstanceNumber") or 0),
+            _int_or_zero(d, "InstanceNumber"),
             str(d.SOPInstanceUID),
         ),
     )
+
+
+def _int_or_zero(ds: Dataset, keyword: str) -> int:
+    try:
+        return int(ds.get(keyword) or 0)
+    except (TypeError, ValueError):
+        return 0
 
 
 # Type 2 patient/study attributes highdicom reads from the first source: originals from a
