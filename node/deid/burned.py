@@ -55,6 +55,10 @@ class BurnedInRule(StrEnum):
     """Never export it (default)."""
     MASK = "mask"
     """Blank the regions of a matching device mask; block if no mask matches."""
+    ENCRYPTED_ONLY = "encrypted_only"
+    """Keep the pixels as they are: for the inference path, whose pixels leave the node only
+    CKKS-encrypted, so burned-in text is never readable outside the hospital. Not offered in the
+    config for de-identified exports (``deid.burned_in.policy`` is block or mask)."""
 
 
 @dataclass(frozen=True)

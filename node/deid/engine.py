@@ -26,7 +26,13 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 
-from node.deid.burned import BurnedInPolicy, DeviceMask, apply_mask, burned_in_reason
+from node.deid.burned import (
+    BurnedInPolicy,
+    BurnedInRule,
+    DeviceMask,
+    apply_mask,
+    burned_in_reason,
+)
 from node.deid.keyed import DeidKeys, UidMapper, date_shift_days, patient_pseudonym
 from node.deid.options import (
     BASIC_PROFILE_CODE,
@@ -223,7 +229,7 @@ class Deidentifier:
 
         masked = False
         reason = burned_in_reason(ds, self.burned_in)
-        if reason is not None:
+        if reason is not None and self.burned_in.rule is not BurnedInRule.ENCRYPTED_ONLY:
             mask = self.burned_in.mask_for(ds)
             if mask is None:
                 log.warning(
