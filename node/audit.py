@@ -355,6 +355,7 @@ class AuditLedger:
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
         self._publish_public_key()
+        os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640))
 
     @classmethod
     def open(cls, path: str | Path, key_file: str | Path, fsync: bool = True) -> AuditLedger:
@@ -506,74 +507,100 @@ class VerifyReport:
         )
 
 
+def _read_head(path: Path) -> tuple[int, str, str] | str | None:
+    """(seq, hash, signature) of the signed head, ``None`` if absent, or a problem string."""
+    hp = head_path(path)
+    try:
+        head = json.loads(hp.read_bytes())
+        return int(head["seq"]), str(head["hash"]), str(head["signature"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return "signed head file unreadable"
+
+
 def verify_ledger(
     path: str | Path, key: Ed25519PublicKey, *, check_head: bool = True
 ) -> VerifyReport:
     """Check every entry: shape, seq, link to the previous hash, own hash, signature, and the
-    signed head (so truncation is caught). Stops at the FIRST bad entry."""
+    signed head (so truncation is caught). Stops at the FIRST bad entry.
+
+    Streams the file (memory does not grow with the ledger). The head is read before the
+    entries, so a node appending meanwhile cannot cause a false "cut off" report.
+    """
     path = Path(path)
     try:
-        data = path.read_bytes()
+        fh = path.open("rb")
     except OSError as exc:
         raise AuditError(f"{path}: cannot read ledger ({exc.strerror})") from None
-    lines = data.split(b"\n")
-    torn = lines[-1] != b""
-    if not torn:
-        lines.pop()
-    prev, hashes = GENESIS_HASH, []
-    for i, raw in enumerate(lines):
-        lineno, seq = i + 1, i + 1
-
-        def bad(reason: str, lineno: int = lineno, seq: int = seq) -> VerifyReport:
-            return VerifyReport(entries=lineno - 1, bad_line=lineno, bad_seq=seq, reason=reason)
-
-        if torn and i == len(lines) - 1:
-            return bad("last line is incomplete (truncated or torn write)")
+    with fh:
+        # A snapshot between appends (they hold LOCK_EX): the size of complete entries and
+        # the head that belongs to them. The lock is released before the (long) check.
+        fcntl.flock(fh.fileno(), fcntl.LOCK_SH)
         try:
-            entry = AuditEntry.from_json(raw.decode("utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            return bad(f"not a valid entry ({exc})")
-        if entry.v != FORMAT_VERSION:
-            return bad(f"unknown format version {entry.v}")
-        if entry.seq != seq:
-            return bad(f"seq is {entry.seq}, expected {seq} (entry deleted, inserted or moved)")
-        if entry.prev_hash != prev:
-            return bad("prev_hash does not match the previous entry (deleted, inserted or moved)")
-        if entry.computed_hash() != entry.hash:
-            return bad("content does not match its hash (entry edited)")
-        if not entry.signature_valid(key):
-            return bad("signature invalid (forged entry or wrong public key)")
-        prev = entry.hash
-        hashes.append(entry.hash)
-    n = len(hashes)
+            size = os.fstat(fh.fileno()).st_size
+            head = _read_head(path) if check_head else None
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        head_at: int | None = None  # seq of the entry whose hash the head names
+        prev, n, consumed = GENESIS_HASH, 0, 0
+        for raw in fh:
+            if consumed >= size:
+                break  # appended after the snapshot
+            raw = raw[: size - consumed]
+            consumed += len(raw)
+            seq = n + 1
+
+            def bad(reason: str, seq: int = seq) -> VerifyReport:
+                return VerifyReport(entries=seq - 1, bad_line=seq, bad_seq=seq, reason=reason)
+
+            if not raw.endswith(b"\n"):
+                return bad("last line is incomplete (truncated or torn write)")
+            try:
+                entry = AuditEntry.from_json(raw.decode("utf-8"))
+            except (ValueError, UnicodeDecodeError) as exc:
+                return bad(f"not a valid entry ({exc})")
+            if entry.v != FORMAT_VERSION:
+                return bad(f"unknown format version {entry.v}")
+            if entry.seq != seq:
+                return bad(
+                    f"seq is {entry.seq}, expected {seq} (entry deleted, inserted or moved)"
+                )
+            if entry.prev_hash != prev:
+                return bad(
+                    "prev_hash does not match the previous entry (deleted, inserted or moved)"
+                )
+            if entry.computed_hash() != entry.hash:
+                return bad("content does not match its hash (entry edited)")
+            if not entry.signature_valid(key):
+                return bad("signature invalid (forged entry or wrong public key)")
+            if isinstance(head, tuple) and head[1] == entry.hash:
+                head_at = seq
+            prev, n = entry.hash, seq
     if not check_head:
         return VerifyReport(entries=n)
-    hp = head_path(path)
-    if not hp.exists():
+    end = (n, n + 1, n + 1)
+    if head is None:
         if n <= 1:  # a crash during the very first append can leave no head
             return VerifyReport(entries=n)
-        return VerifyReport(n, n + 1, n + 1, "signed head file missing: truncation not ruled out")
-    try:
-        head = json.loads(hp.read_bytes())
-        h_seq, h_hash, h_sig = int(head["seq"]), str(head["hash"]), str(head["signature"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return VerifyReport(n, n + 1, n + 1, "signed head file unreadable")
-    probe = AuditEntry(h_seq, "", "", {}, "", h_hash, h_sig)
-    if not probe.signature_valid(key):
-        return VerifyReport(n, n + 1, n + 1, "signed head has an invalid signature")
+        return VerifyReport(*end, "signed head file missing: truncation not ruled out")
+    if isinstance(head, str):
+        return VerifyReport(*end, head)
+    h_seq, h_hash, h_sig = head
+    if not AuditEntry(h_seq, "", "", {}, "", h_hash, h_sig).signature_valid(key):
+        return VerifyReport(*end, "signed head has an invalid signature")
     # The signature covers the head's hash, and that hash covers the entry's seq.
-    if h_hash in hashes:
-        at = hashes.index(h_hash) + 1
-        if at != h_seq:
-            return VerifyReport(n, n + 1, n + 1, f"signed head names entry seq {at} but says"
-                                f" seq {h_seq}: head file edited")
-    elif h_seq > n:
+    if head_at is not None and head_at != h_seq:
         return VerifyReport(
-            n, n + 1, n + 1, f"ledger ends at seq {n} but the signed head says seq {h_seq}:"
-            " entries were cut off the end"
+            *end, f"signed head names entry seq {head_at} but says seq {h_seq}: head file edited"
         )
-    else:
-        return VerifyReport(max(h_seq - 1, 0), h_seq, h_seq, "entry differs from the signed head")
+    if head_at is None:
+        if h_seq > n:
+            return VerifyReport(
+                *end, f"ledger ends at seq {n} but the signed head says seq {h_seq}:"
+                " entries were cut off the end"
+            )
+        return VerifyReport(*end, "signed head names no entry of this ledger")
     return VerifyReport(entries=n, head_seq=h_seq)
 
 

@@ -56,8 +56,8 @@ REJECT_REASONS = frozenset(
 )
 """Why an association was rejected."""
 
-JOB_STATES = frozenset({"queued", "running", "retry_wait", "done", "failed", "discarded"})
-"""States of a job in the job store."""
+JOB_STATES = frozenset({"claiming", "queued", "running", "done", "failed"})
+"""States of a job in the job store (``node.jobs.STATES``; a job waiting to retry is queued)."""
 
 STEPS = frozenset(
     {"receive", "completion", "rules", "deid", "preprocess", "encrypt", "vendor", "decrypt",

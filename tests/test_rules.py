@@ -364,7 +364,8 @@ def test_explanations_hide_phi_values_and_operands() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(value=st.text(min_size=3, max_size=20).filter(lambda s: s.strip() == s and s.strip()),
+@given(value=st.text(min_size=1, max_size=20).map(lambda s: f"\u00a7{s}\u00a7"),  # \u00a7: never
+       # in the explanation template, so any occurrence would be a leak
        keyword=st.sampled_from(["PatientName", "PatientID", "AccessionNumber",
                                 "InstitutionName", "StudyDescription", "ReferringPhysicianName"]))
 def test_property_unsafe_values_never_shown(value: str, keyword: str) -> None:
@@ -373,7 +374,7 @@ def test_property_unsafe_values_never_shown(value: str, keyword: str) -> None:
                       {"attribute": keyword, "regex": "^" + "x" * 3},
                       {"attribute": keyword, "in": [value, value + "1"]}]})
     _, lines = matches(c, {keyword: value}, None, NOON)
-    assert value not in "\n".join(lines).replace("<hidden>", "")
+    assert "\u00a7" not in "\n".join(lines)
 
 
 # --- property tests ----------------------------------------------------------------------------
