@@ -35,7 +35,7 @@ from pydicom.dataset import Dataset
 from node.audit import AuditKind, AuditLedger
 from node.config import NodeConfig
 from node.config.routes import ForwardAction, InferAction
-from node.deid import BurnedInPolicy, BurnedInRule, DeidKeys, Deidentifier
+from node.deid import BurnedInPolicy, BurnedInRule, Deidentifier, DeidKeys
 from node.jobs import Job, JobError
 from node.metrics import NodeMetrics
 from node.netsettings import destination_settings
@@ -175,12 +175,14 @@ class Pipeline:
 
     @staticmethod
     def _headers(job: Job) -> list[tuple[Path, Dataset]]:
-        out = []
+        out: list[tuple[Path, Dataset]] = []
         for path in job.paths:
             try:
                 out.append((path, pydicom.dcmread(path, stop_before_pixels=True)))
             except Exception as exc:  # a spooled file is always valid DICOM; say so if not
-                raise JobError(f"spooled file {path.name} is unreadable: {type(exc).__name__}")
+                raise JobError(
+                    f"spooled file {path.name} is unreadable: {type(exc).__name__}"
+                ) from None
         if not out:
             raise JobError("job has no instances")
         return out
@@ -282,8 +284,8 @@ class Pipeline:
         backend = self.backends(action.vendor)
         manifest = backend.manifest(action.model)
         # 2. preprocess + 3. encrypted inference
-        result = steps.get(f"{tag}-inference")
-        if result is None:
+        inferred = steps.get(f"{tag}-inference")
+        if inferred is None:
             with self._timed("preprocess"):
                 batch = np.stack(
                     [self._preprocess(deid_dir / name, manifest) for name in deid_state["files"]]
@@ -303,7 +305,7 @@ class Pipeline:
                 AuditKind.RESULT_RECEIVED, study=job.study, model=action.model,
                 model_version=outcome.model_version, response_hash=outcome.response_sha256,
             )  # fmt: skip
-            result = {
+            inferred = {
                 "probabilities": outcome.probabilities,
                 "model_version": outcome.model_version,
                 "parameters": outcome.parameters,
@@ -311,7 +313,7 @@ class Pipeline:
                 "bytes_up": outcome.bytes_up,
                 "bytes_down": outcome.bytes_down,
             }
-            steps.put(f"{tag}-inference", result)
+            steps.put(f"{tag}-inference", inferred)
         # 4. SR into the original study (identity re-linked and checked through the vault)
         sr_dir = work / "sr"
         sr_state = steps.get(f"{tag}-sr")
@@ -322,14 +324,14 @@ class Pipeline:
                     for name in deid_state["sources"]
                 ]
                 self._check_relink(deid_state["study_pseudonym"], originals[0])
-                outputs = self._outputs(manifest, originals, result["probabilities"])
+                outputs = self._outputs(manifest, originals, inferred["probabilities"])
                 objects = build_result_objects(
                     manifest,
                     outputs,
                     originals,
                     uid_key=self.uid_key,
                     settings=action.sr_settings(self.cfg.sr),
-                    algorithm_parameters=result["parameters"],
+                    algorithm_parameters=inferred["parameters"],
                 )
                 sr_dir.mkdir(parents=True, exist_ok=True)
                 files = []
