@@ -25,7 +25,7 @@ from onnx import numpy_helper
 from secure_infer.approx import fit_quadratic
 from secure_infer.errors import CompileError
 from secure_infer.packing import InputPacking, next_pow2
-from secure_infer.plan import LinearStage, Plan, SquareStage, Stage
+from secure_infer.plan import LinearStage, Plan, ReduceStage, SquareStage, Stage
 
 __all__ = ["compile_onnx"]
 
@@ -498,6 +498,38 @@ def _fold(ops: list[_Op]) -> list[Stage]:
     return stages
 
 
+def _signed_square_sum(stages: list[Stage]) -> list[Stage]:
+    """``Linear(A) -> Square -> Linear(1 x m)`` at the end -> complex ``Linear -> Square -> Reduce``.
+
+    Saves one CKKS level (more precision for the same ring, or a smaller ring).
+    """
+    if (
+        len(stages) < 3
+        or not isinstance(stages[-1], LinearStage)
+        or not isinstance(stages[-2], SquareStage)
+        or not isinstance(stages[-3], LinearStage)
+        or stages[-1].weight.shape[0] != 1
+        or np.iscomplexobj(stages[-3].weight)
+    ):
+        return stages
+    a, last = stages[-3], stages[-1]
+    assert isinstance(a, LinearStage)
+    w = last.weight[0]
+    pos = np.flatnonzero(w > 0)
+    neg = np.flatnonzero(w < 0)
+    r = max(len(pos), len(neg), 1)
+    wc = np.zeros((r, a.weight.shape[1]), dtype=np.complex128)
+    bc = np.zeros(r, dtype=np.complex128)
+    sp = np.sqrt(w[pos] / 2)
+    sn = np.sqrt(-w[neg] / 2)
+    wc[: len(pos)] += sp[:, None] * a.weight[pos]
+    bc[: len(pos)] += sp * a.bias[pos]
+    wc[: len(neg)] += 1j * sn[:, None] * a.weight[neg]
+    bc[: len(neg)] += 1j * sn * a.bias[neg]
+    new_a = LinearStage(wc, bc, a.name + "+signed-sqrt")
+    return [*stages[:-3], new_a, SquareStage(), ReduceStage(new_a.out_dim, float(last.bias[0]))]
+
+
 def compile_onnx(
     model: onnx.ModelProto | str | Path,
     name: str = "model",
@@ -512,7 +544,7 @@ def compile_onnx(
             raise CompileError(f"cannot read ONNX model: {exc}") from None
     c = _Compiler(model, approx_range)
     ops, packing, n_out, final_act = c.run()
-    stages = _fold(ops)
+    stages = _signed_square_sum(_fold(ops))
     if not stages:
         raise CompileError("the model has no operations to evaluate")
     if isinstance(stages[0], LinearStage) and stages[0].weight.shape[1] > packing.length:

@@ -16,7 +16,7 @@ import numpy as np
 import tenseal.sealapi as seal
 
 from secure_infer.params import CkksParams
-from secure_infer.plan import LinearStage, Plan, diagonals
+from secure_infer.plan import LinearStage, Plan, ReduceStage, diagonals
 
 __all__ = ["PlanEvaluator", "make_context", "slot_layout"]
 
@@ -50,6 +50,18 @@ def _best_split(keys: list[int]) -> int:
     return best
 
 
+def _values(v: np.ndarray) -> list[float] | list[complex]:
+    if np.iscomplexobj(v) and np.any(v.imag):
+        return [complex(z) for z in v]
+    return [float(z) for z in np.real(v)]
+
+
+@dataclass
+class _Reduce:
+    folds: list[int]
+    bias: seal.Plaintext | None
+
+
 @dataclass
 class _Linear:
     babies: list[int]
@@ -74,7 +86,7 @@ class PlanEvaluator:
         self.elements = slots // self.images
         self.input_scale = float(2.0**params.scale_bits)
         self.steps: set[int] = set()
-        self.stages: list[_Linear | None] = []
+        self.stages: list[_Linear | _Reduce | None] = []
         self._prepare()
 
     @property
@@ -85,6 +97,20 @@ class PlanEvaluator:
         cd = self.context.first_context_data()
         scale = self.input_scale
         for stage in self.plan.stages:
+            if isinstance(stage, ReduceStage):
+                folds = []
+                f = 1
+                while f < stage.width:
+                    folds.append(f)
+                    self.steps.add(f * self.images)
+                    f *= 2
+                self.steps.add(0)  # complex conjugation
+                bias = None
+                if stage.bias:
+                    bias = seal.Plaintext()
+                    self.encoder.encode(stage.bias, cd.parms_id(), scale, bias)
+                self.stages.append(_Reduce(folds, bias))
+                continue
             parms_id = cd.parms_id()
             q = float(cd.parms().coeff_modulus()[-1].value())
             if isinstance(stage, LinearStage):
@@ -96,12 +122,12 @@ class PlanEvaluator:
             cd = cd.next_context_data()
             scale = new_scale
             lin = self.stages[-1]
-            if lin is not None and isinstance(stage, LinearStage) and stage.bias.any():
-                b = np.zeros(stage.out_dim)
+            if isinstance(lin, _Linear) and isinstance(stage, LinearStage) and stage.bias.any():
+                b = np.zeros(stage.out_dim, dtype=stage.bias.dtype)
                 b[: stage.bias.shape[0]] = stage.bias
                 pt = seal.Plaintext()
                 self.encoder.encode(
-                    list(slot_layout(b, stage.out_dim, self.elements, self.images)),
+                    _values(slot_layout(b, stage.out_dim, self.elements, self.images)),
                     cd.parms_id(), scale, pt,
                 )
                 lin.bias = pt
@@ -119,7 +145,7 @@ class PlanEvaluator:
             v = np.roll(d.diags[k], g)  # v[i] = diag[(i - g) mod P]
             pt = seal.Plaintext()
             self.encoder.encode(
-                list(slot_layout(v, d.period, self.elements, self.images)), parms_id, q, pt
+                _values(slot_layout(v, d.period, self.elements, self.images)), parms_id, q, pt
             )
             giants.setdefault(g, []).append((b, pt))
         for b in babies:
@@ -139,6 +165,17 @@ class PlanEvaluator:
         ev = self.evaluator
         x = ct
         for stage, lin in zip(self.plan.stages, self.stages, strict=True):
+            if isinstance(lin, _Reduce):
+                for f in lin.folds:
+                    r = seal.Ciphertext()
+                    ev.rotate_vector(x, f * self.images, galois, r)
+                    ev.add_inplace(x, r)
+                c = seal.Ciphertext()
+                ev.complex_conjugate(x, galois, c)
+                ev.add_inplace(x, c)
+                if lin.bias is not None:
+                    ev.add_plain_inplace(x, lin.bias)
+                continue
             if lin is None:
                 y = seal.Ciphertext()
                 ev.square(x, y)

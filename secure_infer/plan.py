@@ -19,7 +19,15 @@ import numpy as np
 
 from secure_infer.packing import InputPacking, next_pow2
 
-__all__ = ["Diagonals", "LinearStage", "Plan", "SquareStage", "Stage", "diagonals"]
+__all__ = [
+    "Diagonals",
+    "LinearStage",
+    "Plan",
+    "ReduceStage",
+    "SquareStage",
+    "Stage",
+    "diagonals",
+]
 
 
 @dataclass
@@ -50,7 +58,22 @@ class SquareStage:
     name: str = "square"
 
 
-Stage = LinearStage | SquareStage
+@dataclass
+class ReduceStage:
+    """``y = s + conj(s) + bias`` with ``s`` = sum over one period of ``width`` elements.
+
+    Consumes no level. Produced by the compiler from ``Linear(A) -> Square -> Linear(w, 1 output)``:
+    with ``u = sqrt(w+/2) A+ x + i sqrt(|w-|/2) A- x`` (complex weights), ``Re(u^2)`` is
+    ``(w+ h+^2 + w- h-^2) / 2``, so the last affine stage and its level disappear; adding the
+    conjugate removes the imaginary cross terms, which would otherwise leak to the hospital.
+    """
+
+    width: int
+    bias: float
+    name: str = "reduce"
+
+
+Stage = LinearStage | SquareStage | ReduceStage
 
 
 @dataclass
@@ -88,7 +111,7 @@ def diagonals(stage: LinearStage) -> Diagonals:
     diags: dict[int, np.ndarray] = {}
     for kk in np.unique(k):
         sel = k == kk
-        d = np.zeros(period)
+        d = np.zeros(period, dtype=w.dtype)
         d[i[sel]] = vals[sel]
         diags[int(kk)] = d
     return Diagonals(period, diags, fold)
@@ -108,7 +131,8 @@ class Plan:
 
     @property
     def depth(self) -> int:
-        return len(self.stages)
+        """Rescales needed (every linear or square stage consumes one level)."""
+        return sum(1 for s in self.stages if not isinstance(s, ReduceStage))
 
     @property
     def period(self) -> int:
@@ -121,14 +145,17 @@ class Plan:
 
     def forward_clear(self, vectors: np.ndarray) -> np.ndarray:
         """Run the plan in clear on packed vectors ``[N, packing.length]`` -> ``[N, n_outputs]``."""
-        x = np.asarray(vectors, dtype=np.float64)
+        x: np.ndarray = np.asarray(vectors, dtype=np.float64)
         for s in self.stages:
             if isinstance(s, LinearStage):
                 n = s.weight.shape[1]
                 x = x[:, :n] @ s.weight.T + s.bias
+            elif isinstance(s, ReduceStage):
+                t = x.sum(axis=1, keepdims=True)
+                x = (t + np.conj(t)).real + s.bias
             else:
                 x = x * x
-        return x[:, : self.n_outputs]
+        return np.real(x[:, : self.n_outputs]).astype(np.float64)
 
     def digest(self) -> str:
         h = hashlib.sha256()
@@ -137,6 +164,8 @@ class Plan:
         for s in self.stages:
             h.update(s.name.encode())
             if isinstance(s, LinearStage):
-                h.update(np.ascontiguousarray(s.weight, dtype="<f8").tobytes())
-                h.update(np.ascontiguousarray(s.bias, dtype="<f8").tobytes())
+                h.update(np.ascontiguousarray(s.weight, dtype="<c16").tobytes())
+                h.update(np.ascontiguousarray(s.bias, dtype="<c16").tobytes())
+            elif isinstance(s, ReduceStage):
+                h.update(f"{s.width}:{s.bias!r}".encode())
         return h.hexdigest()
