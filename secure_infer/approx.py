@@ -36,5 +36,10 @@ def fit_quadratic(kind: str, lo: float, hi: float, nodes: int = 64) -> tuple[flo
     f = ACTIVATIONS[kind]
     k = np.arange(nodes)
     x = (lo + hi) / 2 + (hi - lo) / 2 * np.cos((2 * k + 1) * np.pi / (2 * nodes))
-    a2, a1, a0 = np.polyfit(x, f(x), 2)
-    return float(a2), float(a1), float(a0)
+    a2, a1, a0 = (float(v) for v in np.polyfit(x, f(x), 2))
+    # Odd functions (tanh) fit with a2 ~ 1e-16: a huge completing-the-square shift would destroy
+    # precision, so a negligible quadratic term is dropped (the stand-in is then linear).
+    span = max(abs(lo), abs(hi))
+    if abs(a2) * span * span < 1e-9 * (abs(a1) * span + abs(a0) + 1e-300):
+        a2 = 0.0
+    return a2, a1, a0
