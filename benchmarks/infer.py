@@ -30,11 +30,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import onnx  # noqa: E402
-import onnxruntime as ort  # noqa: E402
+import onnx
+import onnxruntime as ort
 
-from secure_infer.modelzoo import demo_architecture  # noqa: E402
-from secure_infer.session import HospitalSession, PublicContext, VendorModel  # noqa: E402
+from secure_infer.modelzoo import demo_architecture
+from secure_infer.session import HospitalSession, PublicContext, VendorModel
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "secure_infer" / "models" / "demo-lesion" / "manifest.yaml"
@@ -282,14 +282,15 @@ def main(argv: list[str] | None = None) -> int:
           f"({p.total_bits} bits <= 218, 128-bit), scale 2^{p.scale_bits}, depth {spec.depth}, "
           f"{len(spec.galois_steps)} Galois keys, {spec.images_per_ciphertext} image(s)/ct; "
           f"compile {t_compile:.2f}s, hospital keygen {t_keys:.2f}s")
-    print("\n| per image (median of %d)        | ours          | TenSEAL tutorial way |" % args.repeat)
+    head = f"per image (median of {args.repeat})"
+    print(f"\n| {head:<31} | ours          | TenSEAL tutorial way |")
     print("|---------------------------------|---------------|----------------------|")
 
     def row(label: str, ours: str, theirs: str) -> None:
         print(f"| {label:<31} | {ours:<13} | {theirs:<20} |")
 
     def ms(v: float) -> str:
-        return f"{v * 1e3:.1f} ms"
+        return f"{v * 1e3:.1f} ms" if v >= 1e-3 else f"{v * 1e6:.0f} us"
 
     row("onnxruntime plaintext", ms(t_ort), "")
     row("encrypt", ms(med[0]), ms(base["encrypt"]) if base else "-")

@@ -73,11 +73,12 @@ def _check(args: argparse.Namespace) -> int:
     except ManifestError as exc:
         print(f"manifest error: {exc}", file=sys.stderr)
         return 2
-    approx = tuple(args.approx_range) if args.approx_range else None
+    approx = (float(args.approx_range[0]), float(args.approx_range[1])) if args.approx_range \
+        else None
     t0 = time.perf_counter()
     try:
         plan = compile_onnx(args.model, manifest.name if manifest else args.model.stem,
-                            manifest.version if manifest else "0", approx)  # type: ignore[arg-type]
+                            manifest.version if manifest else "0", approx)
         vendor = VendorModel.from_plan(plan, manifest or _default_manifest(plan))
     except InferenceError as exc:
         print(f"UNSUPPORTED: {exc}", file=sys.stderr)
