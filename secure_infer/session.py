@@ -84,6 +84,7 @@ class PlanSpec:
     depth: int
     max_ciphertexts: int = MAX_CIPHERTEXTS
     notes: tuple[str, ...] = field(default=())
+    input_range: tuple[float, float] = (0.0, 1.0)
 
     @property
     def poly_modulus_degree(self) -> int:
@@ -117,6 +118,7 @@ class PlanSpec:
             "depth": self.depth,
             "max_ciphertexts": self.max_ciphertexts,
             "notes": list(self.notes),
+            "input_range": list(self.input_range),
         }
 
     @classmethod
@@ -129,7 +131,9 @@ class PlanSpec:
             steps = d["galois_steps"]
             acts = d["activations"]
             notes = d.get("notes", [])
+            rng = d.get("input_range", [0.0, 1.0])
             assert isinstance(steps, list) and isinstance(acts, list) and isinstance(notes, list)
+            assert isinstance(rng, list | tuple) and len(rng) == 2 and rng[0] < rng[1]
             spec = cls(
                 model=str(d["model"]),
                 version=str(d["version"]),
@@ -144,6 +148,7 @@ class PlanSpec:
                 depth=int(d["depth"]),  # type: ignore[call-overload]
                 max_ciphertexts=int(d.get("max_ciphertexts", MAX_CIPHERTEXTS)),  # type: ignore[call-overload]
                 notes=tuple(str(n) for n in notes),
+                input_range=(float(rng[0]), float(rng[1])),
             )
         except ParameterError:
             raise
@@ -215,6 +220,7 @@ def build_spec(
         plan_sha256=plan.digest(),
         depth=plan.depth,
         notes=tuple(plan.notes),
+        input_range=(float(input_range[0]), float(input_range[1])),
     )
     return spec, ev
 
@@ -524,6 +530,15 @@ class HospitalSession:
             arr = arr[None]
         if arr.shape[1:] != shape and arr.reshape(arr.shape[0], -1).shape[1] != int(np.prod(shape)):
             raise InferenceError(f"input shape {list(arr.shape)} does not match {list(shape)}")
+        lo, hi = self.spec.input_range
+        tol = 1e-6 * max(1.0, hi - lo)
+        if arr.size and (not np.isfinite(arr).all() or arr.min() < lo - tol
+                         or arr.max() > hi + tol):
+            # the plan's headroom was sized for this range: outside it outputs could wrap around
+            raise InferenceError(
+                f"input values outside the model's declared range [{lo}, {hi}]; preprocess first",
+                code="input_out_of_range",
+            )
         vec = self.spec.packing.pack(arr)
         per = self.spec.images_per_ciphertext
         slots = self.spec.params.slots

@@ -217,3 +217,14 @@ def test_spec_roundtrip_and_weak_spec_refused(
         PlanSpec.from_json(weak)
     with pytest.raises(ParameterError):
         PlanSpec.from_json({"format": 1})
+
+
+def test_out_of_range_input_refused(pair: tuple[VendorModel, HospitalSession, Path]) -> None:
+    from secure_infer.errors import InferenceError
+
+    _, hs, _ = pair
+    with pytest.raises(InferenceError) as exc:
+        hs.encrypt(np.full((1, 8), 3.0))
+    assert exc.value.code == "input_out_of_range"
+    with pytest.raises(InferenceError):
+        hs.encrypt(np.full((1, 8), np.nan))
