@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from pydantic import Field, field_validator
+
 from node.config.base import FrozenModel
 
 __all__ = ["VendorPeerSection"]
 
 
 class VendorPeerSection(FrozenModel):
-    """A vendor's secure_infer server as seen from the hospital."""
+    """A vendor's secure_infer server as seen from the hospital (HTTPS with mutual TLS)."""
 
-    url: str
+    url: str = Field(description="https://host:port of the vendor server")
+    client_cert: Path = Field(description="our client certificate, issued by the vendor's CA")
+    client_key: Path = Field(description="its private key (mode 0600)")
+    ca: Path = Field(description="the vendor's CA certificate; the only CA trusted (pinning)")
+    connect_timeout_seconds: float = Field(default=10.0, gt=0)
+    timeout_seconds: float = Field(default=300.0, gt=0, description="per request, read/write")
+    max_attempts: int = Field(default=5, ge=1, description="on 503 and connection errors")
+    initial_backoff_seconds: float = Field(default=1.0, gt=0)
+    max_backoff_seconds: float = Field(default=60.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _https(cls, v: str) -> str:
+        if not v.startswith("https://"):
+            raise ValueError("must start with https:// (the vendor link is always mutual TLS)")
+        return v.rstrip("/")
