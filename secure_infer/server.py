@@ -261,9 +261,7 @@ async def put_context(request: Request) -> Response:
         raise BadRequestError(
             f"body SHA-256 {sha[:12]}.. differs from {H_CONTEXT} {claimed[:12]}.."
         )
-    if srv.store.has(hosp.namespace, sha):
-        log.info("context %s.. from hospital %s already stored", sha[:12], hosp.short)
-        return JSONResponse({"sha256": sha, "created": False, "bytes": len(data)})
+    # validated against the requested model even when already stored (it may be another's)
     (sha, created), _ = await srv.pool.submit(
         "upload", name, hosp.namespace, data, timeout=srv.settings.evaluate_timeout
     )
