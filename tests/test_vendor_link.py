@@ -577,7 +577,7 @@ def test_oversize_request_gets_413(env: Env) -> None:
 def test_saturated_server_answers_503_with_retry_after(env: Env) -> None:
     sess = _session(env)
     sha = sess.context_sha256()
-    slow = sess.encrypt(inputs(16, 16, seed=6))
+    slow = sess.encrypt(inputs(3 * sess.spec.images_per_ciphertext, 16, seed=6))  # 3 ciphertexts
     quick = sess.encrypt(inputs(1, 16, seed=7))
     first: dict[str, Any] = {}
 
@@ -610,7 +610,7 @@ def test_saturated_server_answers_503_with_retry_after(env: Env) -> None:
 def test_client_retries_after_503(env: Env) -> None:
     sess = _session(env)
     sha = sess.context_sha256()
-    slow = sess.encrypt(inputs(16, 16, seed=8))
+    slow = sess.encrypt(inputs(3 * sess.spec.images_per_ciphertext, 16, seed=8))
     t = threading.Thread(target=lambda: _infer_raw(env, slow, sha))
     t.start()
     try:

@@ -240,6 +240,22 @@ def test_vendor_peer_section_requires_https() -> None:
     assert ok.url == "https://v:8443"
     with pytest.raises(ValueError, match="https://"):
         VendorPeerSection(url="http://v", client_cert=Path("c"), client_key=Path("k"), ca=Path("a"))
+    cs = ok.client_settings()
+    assert (cs.url, cs.ca, cs.max_attempts) == ("https://v:8443", Path("ca"), ok.max_attempts)
+
+
+def test_node_config_vendors_section(tmp_path: Path) -> None:
+    from node.config import load_config
+
+    p = tmp_path / "node.yaml"
+    p.write_text(
+        "vendors:\n  acme:\n    url: https://127.0.0.1:8443\n    client_cert: a.crt\n"
+        "    client_key: a.key\n    ca: ca.crt\n    max_attempts: 0\n    bogus: 1\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(p)
+    assert "vendors.acme.max_attempts: must be >= 1, got 0" in info.value.problems
+    assert "vendors.acme.bogus: unknown key" in info.value.problems
 
 
 # ------------------------------------------------------------------ systemd

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import Field, field_validator
 
 from node.config.base import FrozenModel
+
+if TYPE_CHECKING:
+    from secure_infer.client import ClientSettings
 
 __all__ = ["VendorPeerSection"]
 
@@ -30,3 +34,19 @@ class VendorPeerSection(FrozenModel):
         if not v.startswith("https://"):
             raise ValueError("must start with https:// (the vendor link is always mutual TLS)")
         return v.rstrip("/")
+
+    def client_settings(self) -> ClientSettings:
+        """The :class:`secure_infer.client.ClientSettings` for this vendor."""
+        from secure_infer.client import ClientSettings
+
+        return ClientSettings(
+            url=self.url,
+            client_cert=self.client_cert,
+            client_key=self.client_key,
+            ca=self.ca,
+            connect_timeout=self.connect_timeout_seconds,
+            timeout=self.timeout_seconds,
+            max_attempts=self.max_attempts,
+            initial_backoff=self.initial_backoff_seconds,
+            max_backoff=self.max_backoff_seconds,
+        )
