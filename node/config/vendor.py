@@ -1,0 +1,101 @@
+"""The vendor peer's config file (``blindread vendor serve --config FILE``).
+
+Loaded with :func:`node.config.load_model` so every problem is reported with its YAML path.
+Relative paths are resolved against the config file's folder by :func:`load_vendor_config`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from node.config.base import FrozenModel, Port
+
+__all__ = [
+    "VendorConfig",
+    "VendorLimitsSection",
+    "VendorListenSection",
+    "VendorTlsSection",
+    "load_vendor_config",
+]
+
+
+class VendorListenSection(FrozenModel):
+    """Where the HTTPS server listens."""
+
+    host: str = "127.0.0.1"
+    port: Port = 8443
+    max_connections: int = Field(default=64, ge=1, description="uvicorn answers 503 beyond this")
+
+
+class VendorTlsSection(FrozenModel):
+    """Mutual TLS: the server's certificate and the CA that signs hospital certificates."""
+
+    cert: Path
+    key: Path
+    client_ca: Path
+
+
+class VendorLimitsSection(FrozenModel):
+    """Resource limits that keep one hospital from starving the others."""
+
+    max_request_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    max_context_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+    max_frames: int = Field(default=1024, ge=1)
+    workers: int = Field(default=1, ge=1, le=64)
+    queue_size: int = Field(default=4, ge=0, le=1024)
+    read_timeout_seconds: float = Field(default=60.0, gt=0)
+    evaluate_timeout_seconds: float = Field(default=300.0, gt=0)
+    context_cache: int = Field(default=8, ge=1)
+
+
+class VendorConfig(FrozenModel):
+    """Root of the vendor peer's config."""
+
+    listen: VendorListenSection = VendorListenSection()
+    tls: VendorTlsSection
+    models: tuple[Path, ...] = Field(default=(), description="manifest.yaml files")
+    models_dir: Path | None = Field(
+        default=None, description="every <dir>/*/manifest.yaml is served too"
+    )
+    state_dir: Path = Path("/var/lib/blindread-vendor")
+    limits: VendorLimitsSection = VendorLimitsSection()
+    log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+
+    @model_validator(mode="after")
+    def _some_model(self) -> VendorConfig:
+        if not self.models and self.models_dir is None:
+            raise ValueError("models: list at least one manifest.yaml, or set models_dir")
+        return self
+
+    def manifest_paths(self) -> tuple[Path, ...]:
+        """Every manifest served: ``models`` then the sorted ``models_dir/*/manifest.yaml``."""
+        found = list(self.models)
+        if self.models_dir is not None:
+            found.extend(sorted(self.models_dir.glob("*/manifest.yaml")))
+        return tuple(dict.fromkeys(found))
+
+
+def _resolve(base: Path, p: Path) -> Path:
+    return p if p.is_absolute() else (base / p)
+
+
+def load_vendor_config(path: str | Path) -> VendorConfig:
+    """Load, validate and resolve relative paths against the file's folder."""
+    from node.config import load_model
+
+    p = Path(path)
+    cfg = load_model(p, VendorConfig)
+    base = p.resolve().parent
+    tls = cfg.tls.model_copy(
+        update={k: _resolve(base, getattr(cfg.tls, k)) for k in ("cert", "key", "client_ca")}
+    )
+    return cfg.model_copy(
+        update={
+            "tls": tls,
+            "models": tuple(_resolve(base, m) for m in cfg.models),
+            "models_dir": None if cfg.models_dir is None else _resolve(base, cfg.models_dir),
+            "state_dir": _resolve(base, cfg.state_dir),
+        }
+    )

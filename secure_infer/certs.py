@@ -1,0 +1,228 @@
+"""A small private PKI for the vendor link: CA, server certificate, hospital client certificates.
+
+The vendor runs the CA: it signs its server certificate and one client certificate per hospital;
+the client certificate's subject CN is the hospital's identity on the vendor side (it namespaces
+the hospital's stored contexts). Hospitals pin the CA certificate. Keys are ECDSA P-256 and are
+written with mode 0600; certificates 0644. The equivalent openssl commands are in
+docs/vendor-tls.md.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+__all__ = [
+    "CertPair",
+    "cert_common_name",
+    "cert_fingerprint",
+    "create_ca",
+    "issue_client_cert",
+    "issue_server_cert",
+    "load_ca",
+]
+
+_DEFAULT_DAYS = 825
+
+
+@dataclass(frozen=True)
+class CertPair:
+    """Paths of a written certificate and its private key."""
+
+    cert: Path
+    key: Path
+
+
+def _write(path: Path, data: bytes, mode: int, overwrite: bool) -> None:
+    """Write via temp + fsync + rename, with ``mode`` set before any byte is written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; refusing to overwrite (use --force)")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _name(cn: str, org: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
+            x509.NameAttribute(NameOID.COMMON_NAME, cn),
+        ]
+    )
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def create_ca(
+    out_dir: Path, cn: str = "BlindRead vendor CA", days: int = 3650, overwrite: bool = False
+) -> CertPair:
+    """Create ``ca.crt`` / ``ca.key`` in ``out_dir``."""
+    key = _new_key()
+    name = _name(cn, "BlindRead vendor")
+    now = _now()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    pair = CertPair(out_dir / "ca.crt", out_dir / "ca.key")
+    _write(pair.key, _key_pem(key), 0o600, overwrite)
+    _write(pair.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644, overwrite)
+    return pair
+
+
+def load_ca(ca_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """Load ``ca.crt`` and ``ca.key`` from ``ca_dir``."""
+    cert = x509.load_pem_x509_certificate((ca_dir / "ca.crt").read_bytes())
+    key = serialization.load_pem_private_key((ca_dir / "ca.key").read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{ca_dir / 'ca.key'}: expected an EC private key")
+    return cert, key
+
+
+def _issue(
+    ca_dir: Path,
+    cn: str,
+    out_dir: Path,
+    stem: str,
+    server_names: tuple[str, ...] | None,
+    days: int,
+    overwrite: bool,
+) -> CertPair:
+    ca_cert, ca_key = load_ca(ca_dir)
+    key = _new_key()
+    now = _now()
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(
+            _name(cn, "BlindRead vendor" if server_names is not None else "BlindRead hospital")
+        )
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=True,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+    )
+    if server_names is not None:
+        sans: list[x509.GeneralName] = []
+        for n in server_names:
+            try:
+                sans.append(x509.IPAddress(ipaddress.ip_address(n)))
+            except ValueError:
+                sans.append(x509.DNSName(n))
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+    else:
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
+    cert = builder.sign(ca_key, hashes.SHA256())
+    pair = CertPair(out_dir / f"{stem}.crt", out_dir / f"{stem}.key")
+    _write(pair.key, _key_pem(key), 0o600, overwrite)
+    _write(pair.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644, overwrite)
+    return pair
+
+
+def issue_server_cert(
+    ca_dir: Path,
+    out_dir: Path,
+    names: tuple[str, ...] = (),
+    cn: str = "blindread-vendor",
+    days: int = _DEFAULT_DAYS,
+    overwrite: bool = False,
+) -> CertPair:
+    """Issue ``server.crt`` / ``server.key``; SANs are 127.0.0.1, ::1, localhost plus ``names``."""
+    all_names = tuple(dict.fromkeys(("127.0.0.1", "::1", "localhost", *names)))
+    return _issue(ca_dir, cn, out_dir, "server", all_names, days, overwrite)
+
+
+def issue_client_cert(
+    ca_dir: Path, out_dir: Path, cn: str, days: int = _DEFAULT_DAYS, overwrite: bool = False
+) -> CertPair:
+    """Issue ``<cn>.crt`` / ``<cn>.key`` for a hospital; ``cn`` is its identity at the vendor."""
+    if not cn or "/" in cn or cn.startswith("."):
+        raise ValueError("client CN must be a non-empty name without '/' and not starting with '.'")
+    return _issue(ca_dir, cn, out_dir, cn, None, days, overwrite)
+
+
+def cert_fingerprint(cert_der: bytes) -> str:
+    """SHA-256 fingerprint (hex) of a DER certificate."""
+    return x509.load_der_x509_certificate(cert_der).fingerprint(hashes.SHA256()).hex()
+
+
+def cert_common_name(cert_der: bytes) -> str:
+    """Subject CN of a DER certificate ('' when absent)."""
+    attrs = x509.load_der_x509_certificate(cert_der).subject.get_attributes_for_oid(
+        NameOID.COMMON_NAME
+    )
+    return str(attrs[0].value) if attrs else ""

@@ -1,0 +1,373 @@
+"""The hospital's client of a vendor peer (HTTPS with mutual TLS, the vendor's CA pinned).
+
+Flow of :meth:`VendorClient.infer`: fetch the public manifest and PlanSpec (cached), open the
+:class:`~secure_infer.session.HospitalSession` for them (its secret key stays in ``key_dir``,
+mode 0600), upload the public context unless the vendor already has its hash (HEAD first), encrypt
+the preprocessed batch, POST it with a fresh random job token and nothing else, decrypt the
+outputs and apply the manifest's final activation in clear. Nothing decrypted is ever sent back
+(the IND-CPA^D caveat of CKKS, see docs/threat-model.md).
+
+Retries: 503 (honouring Retry-After) and connection failures are retried with exponential
+backoff up to ``max_attempts``; a certificate verification failure is not (it will not heal).
+A retried POST may be evaluated twice by the vendor; both sides' chains then show the same job
+token twice, which is harmless because requests carry no identifiers and are never re-decrypted
+into a different study.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+import numpy as np
+
+from secure_infer.errors import InferenceError
+from secure_infer.framing import MEDIA_TYPE, decode_frames, encode_frames, frames_sha256
+from secure_infer.manifest import Manifest
+from secure_infer.wire import (
+    API_PREFIX,
+    H_CHAIN,
+    H_CONTEXT,
+    H_EVALUATE_SECONDS,
+    H_JOB,
+    H_MODEL_VERSION,
+    H_QUEUE_SECONDS,
+    H_SERVER_SECONDS,
+    new_job_token,
+)
+
+__all__ = [
+    "ClientSettings",
+    "InferenceResult",
+    "VendorClient",
+    "VendorError",
+    "VendorUnavailableError",
+    "apply_activations",
+]
+
+log = logging.getLogger(__name__)
+
+
+class VendorError(InferenceError):
+    """The vendor answered with a JSON error; ``code``/``http_status`` are the vendor's."""
+
+    def __init__(self, message: str, code: str, http_status: int) -> None:
+        super().__init__(message, code)
+        self.http_status = http_status
+
+
+class VendorUnavailableError(InferenceError):
+    """The vendor could not be reached or stayed busy for every attempt."""
+
+    code = "vendor_unavailable"
+    http_status = 503
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """How to reach one vendor (built from node.config.inference.VendorPeerSection)."""
+
+    url: str
+    client_cert: Path
+    client_key: Path
+    ca: Path
+    connect_timeout: float = 10.0
+    timeout: float = 300.0
+    max_attempts: int = 5
+    initial_backoff: float = 1.0
+    max_backoff: float = 60.0
+
+
+@dataclass
+class InferenceResult:
+    """Decrypted outputs of one batch with the figures benchmarks and the audit ledger need."""
+
+    probabilities: np.ndarray
+    logits: np.ndarray
+    job: str
+    model: str
+    model_version: str
+    context_sha256: str
+    request_sha256: str
+    response_sha256: str
+    chain_entry: str
+    bytes_up: int
+    bytes_down: int
+    context_bytes_uploaded: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def apply_activations(manifest: Manifest, logits: np.ndarray) -> np.ndarray:
+    """The manifest's final activations, in clear at the hospital: sigmoid per output, softmax
+    across all outputs declared ``softmax``, identity for ``none``."""
+    z = np.asarray(logits, dtype=np.float64)
+    out = z.copy()
+    soft = [o.index for o in manifest.outputs if o.activation == "softmax"]
+    for o in manifest.outputs:
+        if o.activation == "sigmoid":
+            out[:, o.index] = 1.0 / (1.0 + np.exp(-z[:, o.index]))
+    if soft:
+        s = z[:, soft]
+        e = np.exp(s - s.max(axis=1, keepdims=True))
+        out[:, soft] = e / e.sum(axis=1, keepdims=True)
+    return out
+
+
+def _is_cert_failure(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _ssl_context(s: ClientSettings) -> ssl.SSLContext:
+    # cafile given => only that CA is trusted (system roots are not loaded): CA pinning
+    ctx = ssl.create_default_context(cafile=str(s.ca))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(s.client_cert), str(s.client_key))
+    return ctx
+
+
+class VendorClient:
+    """A connection (pool) to one vendor; one instance per vendor, reused across jobs."""
+
+    def __init__(self, settings: ClientSettings, key_dir: Path) -> None:
+        self.settings = settings
+        self.key_dir = key_dir
+        self._http = httpx.Client(
+            base_url=settings.url + API_PREFIX,
+            verify=_ssl_context(settings),
+            timeout=httpx.Timeout(settings.timeout, connect=settings.connect_timeout),
+            headers={"User-Agent": "blindread-client/1"},
+        )
+        self._models: dict[str, tuple[Manifest, Any]] = {}
+        self._sessions: dict[str, Any] = {}
+        self._uploaded: set[tuple[str, str]] = set()
+
+    def __enter__(self) -> VendorClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # ---------------------------------------------------------------- transport
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> tuple[httpx.Response, float, float]:
+        """Send with retries; returns (response with body read, t_headers, t_done)."""
+        s = self.settings
+        delay = s.initial_backoff
+        last: str = ""
+        for attempt in range(1, s.max_attempts + 1):
+            try:
+                req = self._http.build_request(
+                    method, path, content=content, headers=headers, params=params
+                )
+                resp = self._http.send(req, stream=True)
+                t_headers = time.perf_counter()
+                try:
+                    resp.read()
+                finally:
+                    resp.close()
+                t_done = time.perf_counter()
+            except httpx.TransportError as exc:
+                if _is_cert_failure(exc):
+                    raise VendorUnavailableError(
+                        f"TLS certificate verification failed for {s.url}: {exc}"
+                    ) from exc
+                last = f"{type(exc).__name__}: {exc}"
+                wait = delay
+            else:
+                if resp.status_code != 503:
+                    return resp, t_headers, t_done
+                last = f"503 {self._error_code(resp)}"
+                wait = delay
+                ra = resp.headers.get("Retry-After")
+                if ra is not None and ra.isdigit():
+                    wait = float(ra)
+            if attempt == s.max_attempts:
+                break
+            wait = min(wait, s.max_backoff)
+            log.info("vendor %s %s: %s; retry %d in %.1f s", method, path, last, attempt, wait)
+            time.sleep(wait)
+            delay = min(delay * 2, s.max_backoff)
+        raise VendorUnavailableError(
+            f"{method} {path} failed after {s.max_attempts} attempts: {last}"
+        )
+
+    @staticmethod
+    def _error_code(resp: httpx.Response) -> str:
+        try:
+            return str(resp.json().get("error", "?"))
+        except ValueError:
+            return "?"
+
+    @staticmethod
+    def _raise_for(resp: httpx.Response) -> None:
+        if resp.status_code < 400:
+            return
+        try:
+            body = resp.json()
+            code, detail = str(body.get("error")), str(body.get("detail"))
+        except ValueError:
+            code, detail = "http_error", resp.text[:200]
+        raise VendorError(
+            f"vendor answered {resp.status_code} {code}: {detail}", code, resp.status_code
+        )
+
+    def _json(self, path: str) -> Any:
+        resp, _, _ = self._send("GET", path)
+        self._raise_for(resp)
+        return resp.json()
+
+    # ---------------------------------------------------------------- API
+    def health(self) -> dict[str, Any]:
+        """The vendor's /v1/health document."""
+        out: dict[str, Any] = self._json("/health")
+        return out
+
+    def models(self) -> list[dict[str, str]]:
+        """Names and versions of the models the vendor serves."""
+        return list(self._json("/models")["models"])
+
+    def model_info(self, name: str) -> tuple[Manifest, Any]:
+        """The public manifest and PlanSpec of ``name`` (cached per client)."""
+        if name not in self._models:
+            from secure_infer.session import PlanSpec
+
+            doc = self._json(f"/models/{name}/manifest")
+            manifest = Manifest.model_validate(doc["manifest"])
+            if manifest.onnx is not None:
+                raise InferenceError("vendor manifest names a private model file; refusing it")
+            self._models[name] = (manifest, PlanSpec.from_json(doc["spec"]))
+        return self._models[name]
+
+    def session(self, name: str) -> Any:
+        """The HospitalSession of ``name``; its secret key lives in ``key_dir/<name>`` (0600)."""
+        if name not in self._sessions:
+            from secure_infer.session import HospitalSession
+
+            _, spec = self.model_info(name)
+            self._sessions[name] = HospitalSession.create(spec, self.key_dir / name)
+        return self._sessions[name]
+
+    def ensure_context(self, name: str) -> tuple[str, int]:
+        """Upload our public context for ``name`` unless the vendor has it; (sha, bytes sent)."""
+        sess = self.session(name)
+        sha: str = sess.context_sha256()
+        if (name, sha) in self._uploaded:
+            return sha, 0
+        head, _, _ = self._send("HEAD", f"/contexts/{sha}")
+        if head.status_code == 200:
+            self._uploaded.add((name, sha))
+            return sha, 0
+        if head.status_code != 404:
+            self._raise_for(head)
+        data: bytes = sess.public_context_bytes()
+        resp, _, _ = self._send(
+            "PUT",
+            "/contexts",
+            content=data,
+            params={"model": name},
+            headers={H_CONTEXT: sha, "Content-Type": "application/octet-stream"},
+        )
+        self._raise_for(resp)
+        if resp.json().get("sha256") != sha:
+            raise InferenceError("vendor stored our context under a different hash")
+        self._uploaded.add((name, sha))
+        log.info("uploaded public context %s.. (%d bytes) for model %s", sha[:12], len(data), name)
+        return sha, len(data)
+
+    def infer_frames(
+        self, name: str, context_sha: str, frames: Sequence[bytes], job: str | None = None
+    ) -> tuple[httpx.Response, float, float, float, bytes]:
+        """POST already-encrypted frames; returns (response, t_send, t_headers, t_done, body)."""
+        body = encode_frames(frames)
+        t_send = time.perf_counter()
+        resp, t_headers, t_done = self._send(
+            "POST",
+            f"/models/{name}/infer",
+            content=body,
+            headers={
+                H_JOB: job or new_job_token(),
+                H_CONTEXT: context_sha,
+                "Content-Type": MEDIA_TYPE,
+            },
+        )
+        return resp, t_send, t_headers, t_done, body
+
+    def infer(self, name: str, x: np.ndarray) -> InferenceResult:
+        """Encrypted inference of the preprocessed batch ``x`` ([N, C, H, W])."""
+        t0 = time.perf_counter()
+        manifest, _ = self.model_info(name)
+        sess = self.session(name)
+        sha, ctx_bytes = self.ensure_context(name)
+        t_enc = time.perf_counter()
+        frames = sess.encrypt(np.asarray(x, dtype=np.float64))
+        t_encrypted = time.perf_counter()
+        job = new_job_token()
+        resp, t_send, t_headers, t_done, body = self.infer_frames(name, sha, frames, job)
+        if resp.status_code == 400 and self._error_code(resp) == "unknown_context":
+            # the vendor lost our context (state wiped): upload again and retry once
+            self._uploaded.discard((name, sha))
+            sha, more = self.ensure_context(name)
+            ctx_bytes += more
+            resp, t_send, t_headers, t_done, body = self.infer_frames(name, sha, frames, job)
+        self._raise_for(resp)
+        if resp.headers.get(H_JOB) != job:
+            raise InferenceError("vendor answered for another job token")
+        outputs = decode_frames(resp.content)
+        t_dec = time.perf_counter()
+        logits = np.asarray(sess.decrypt(outputs, int(np.asarray(x).shape[0])))
+        probs = apply_activations(manifest, logits)
+        t_end = time.perf_counter()
+        server_s = float(resp.headers.get(H_SERVER_SECONDS, "0"))
+        timings = {
+            "encrypt": t_encrypted - t_enc,
+            "upload": max(0.0, t_headers - t_send - server_s),
+            "queue": float(resp.headers.get(H_QUEUE_SECONDS, "0")),
+            "evaluate": float(resp.headers.get(H_EVALUATE_SECONDS, "0")),
+            "server": server_s,
+            "download": t_done - t_headers,
+            "decrypt": t_end - t_dec,
+            "total": t_end - t0,
+            "total_without_setup": t_end - t_enc,
+        }
+        return InferenceResult(
+            probabilities=probs,
+            logits=logits,
+            job=job,
+            model=name,
+            model_version=resp.headers.get(H_MODEL_VERSION, ""),
+            context_sha256=sha,
+            request_sha256=frames_sha256(body),
+            response_sha256=frames_sha256(resp.content),
+            chain_entry=resp.headers.get(H_CHAIN, ""),
+            bytes_up=len(body),
+            bytes_down=len(resp.content),
+            context_bytes_uploaded=ctx_bytes,
+            timings=timings,
+        )

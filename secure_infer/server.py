@@ -1,0 +1,469 @@
+"""The vendor peer: a Starlette ASGI app served by uvicorn over HTTPS with mutual TLS.
+
+The TLS layer refuses any client without a certificate signed by the configured client CA
+(``ssl.CERT_REQUIRED``); the verified certificate's subject CN is the hospital's identity and
+namespaces its stored contexts. uvicorn does not put the peer certificate into the ASGI scope, so
+:class:`_MtlsH11Protocol` adds the ASGI TLS extension (``scope["extensions"]["tls"]``) per
+connection.
+
+Protocol: see :mod:`secure_infer.wire`; ciphertext lists use :mod:`secure_infer.framing`. Every
+bad input is a 4xx ``{"error": code, "detail": ...}`` from the :mod:`secure_infer.errors` tree
+and the server keeps serving. The server logs job tokens, hashes, sizes and timings only: no
+request can contain an identifier, and none is ever logged. Each answered inference is appended
+to the vendor's hash chain (:mod:`secure_infer.chain`) before the response leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import ssl
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from secure_infer.certs import cert_common_name, cert_fingerprint
+from secure_infer.chain import HashChain
+from secure_infer.errors import InferenceError, ModelNotFoundError
+from secure_infer.framing import MEDIA_TYPE, decode_frames, encode_frames, frames_sha256
+from secure_infer.server_pool import EvalPool
+from secure_infer.server_store import ContextStore, hospital_namespace
+from secure_infer.wire import (
+    API_PREFIX,
+    H_CHAIN,
+    H_CONTEXT,
+    H_EVALUATE_SECONDS,
+    H_JOB,
+    H_MODEL_VERSION,
+    H_QUEUE_SECONDS,
+    H_SERVER_SECONDS,
+    BadRequestError,
+    ServerBusyError,
+    ServerTimeoutError,
+    TooLargeError,
+    UnauthenticatedError,
+    check_job_token,
+    check_sha256,
+)
+
+__all__ = ["ServerSettings", "TlsFiles", "VendorServer", "build_app", "build_ssl_context", "serve"]
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+ASGIApp = Callable[
+    [Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]
+]
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """Server certificate/key and the CA that signs hospital client certificates."""
+
+    cert: Path
+    key: Path
+    client_ca: Path
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Everything the vendor server needs besides TLS (built from node.config.vendor)."""
+
+    manifests: tuple[Path, ...]
+    state_dir: Path
+    max_request_bytes: int = 16 * 1024 * 1024
+    max_context_bytes: int = 256 * 1024 * 1024
+    max_frames: int = 1024
+    workers: int = 1
+    queue_size: int = 4
+    read_timeout: float = 60.0
+    evaluate_timeout: float = 300.0
+    context_cache: int = 8
+
+
+def build_ssl_context(tls: TlsFiles) -> ssl.SSLContext:
+    """TLS >= 1.2 server context that requires a client certificate from ``tls.client_ca``."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(tls.cert), str(tls.key))
+    ctx.load_verify_locations(cafile=str(tls.client_ca))
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+@dataclass(frozen=True)
+class _Hospital:
+    cn: str
+    fingerprint: str
+
+    @property
+    def namespace(self) -> str:
+        return hospital_namespace(self.cn)
+
+    @property
+    def short(self) -> str:
+        return self.fingerprint[:12]
+
+
+class VendorServer:
+    """State shared by the request handlers: models, context store, pool, chain."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        from secure_infer.session import VendorModel
+
+        self.settings = settings
+        self.models: dict[str, Any] = {}
+        for path in settings.manifests:
+            vm = VendorModel.load(path)
+            if vm.manifest.name in self.models:
+                raise ValueError(f"model '{vm.manifest.name}' is listed twice ({path})")
+            self.models[vm.manifest.name] = vm
+        settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.store = ContextStore(settings.state_dir / "contexts")
+        self.chain = HashChain(settings.state_dir / "chain.jsonl")
+        self.pool = EvalPool(
+            settings.manifests,
+            self.store.root,
+            settings.workers,
+            settings.queue_size,
+            settings.context_cache,
+        )
+
+    def model(self, name: str) -> Any:
+        try:
+            return self.models[name]
+        except KeyError:
+            raise ModelNotFoundError(
+                f"model '{name}' is not served; known: {', '.join(sorted(self.models))}"
+            ) from None
+
+
+# ------------------------------------------------------------------------ helpers
+def _hospital(request: Request) -> _Hospital:
+    tls = request.scope.get("extensions", {}).get("tls") or {}
+    chain = tls.get("client_cert_chain") or []
+    if not chain:
+        raise UnauthenticatedError("no verified client certificate")
+    der = ssl.PEM_cert_to_DER_cert(chain[0])
+    return _Hospital(cert_common_name(der), cert_fingerprint(der))
+
+
+async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """Read at most ``limit`` bytes within ``timeout``; drain (bounded) and raise 413 beyond it."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            n_declared = int(declared)
+        except ValueError:
+            raise BadRequestError("Content-Length is not an integer") from None
+        if n_declared > 4 * limit:
+            # too big to drain politely: answer now, uvicorn closes the connection
+            raise TooLargeError(f"body of {n_declared} bytes exceeds the limit of {limit}")
+    chunks: list[bytes] = []
+    total = 0
+    too_large = False
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                total += len(chunk)
+                if total > limit:
+                    too_large = True
+                    chunks.clear()
+                    if total > 4 * limit:
+                        break
+                    continue
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ServerTimeoutError(f"request body not received within {timeout:g} s") from None
+    if too_large:
+        raise TooLargeError(f"body exceeds the limit of {limit} bytes")
+    return b"".join(chunks)
+
+
+def _error_response(exc: InferenceError) -> JSONResponse:
+    headers = {}
+    retry = getattr(exc, "retry_after", None)
+    if isinstance(exc, ServerBusyError | ServerTimeoutError) and retry is not None:
+        headers["Retry-After"] = str(retry)
+    return JSONResponse(
+        {"error": exc.code, "detail": str(exc)}, status_code=exc.http_status, headers=headers
+    )
+
+
+# ------------------------------------------------------------------------ handlers
+def _srv(request: Request) -> VendorServer:
+    srv: VendorServer = request.app.state.vendor
+    return srv
+
+
+async def health(request: Request) -> Response:
+    srv = _srv(request)
+    _hospital(request)
+    return JSONResponse(
+        {
+            "status": "ok",
+            "models": len(srv.models),
+            "in_flight": srv.pool.in_flight,
+            "capacity": srv.pool.capacity,
+            "chain_head": srv.chain.head,
+        }
+    )
+
+
+async def list_models(request: Request) -> Response:
+    srv = _srv(request)
+    _hospital(request)
+    return JSONResponse(
+        {
+            "models": [
+                {"name": m.manifest.name, "version": m.manifest.version}
+                for m in srv.models.values()
+            ]
+        }
+    )
+
+
+async def manifest(request: Request) -> Response:
+    srv = _srv(request)
+    _hospital(request)
+    vm = srv.model(request.path_params["name"])
+    return JSONResponse(
+        {"manifest": vm.manifest.public().model_dump(mode="json"), "spec": vm.spec.to_json()}
+    )
+
+
+async def put_context(request: Request) -> Response:
+    srv = _srv(request)
+    hosp = _hospital(request)
+    name = request.query_params.get("model")
+    if not name:
+        raise BadRequestError(
+            "query parameter 'model' is required (the context is checked against it)"
+        )
+    srv.model(name)
+    claimed = request.headers.get(H_CONTEXT)
+    if claimed is not None:
+        check_sha256(claimed, f"header {H_CONTEXT}")
+    data = await _read_body(request, srv.settings.max_context_bytes, srv.settings.read_timeout)
+    sha = hashlib.sha256(data).hexdigest()
+    if claimed is not None and claimed != sha:
+        raise BadRequestError(
+            f"body SHA-256 {sha[:12]}.. differs from {H_CONTEXT} {claimed[:12]}.."
+        )
+    # validated against the requested model even when already stored (it may be another's)
+    (sha, created), _ = await srv.pool.submit(
+        "upload", name, hosp.namespace, data, timeout=srv.settings.evaluate_timeout
+    )
+    log.info(
+        "context %s.. (%d bytes) from hospital %s stored for model %s",
+        sha[:12],
+        len(data),
+        hosp.short,
+        name,
+    )
+    return JSONResponse({"sha256": sha, "created": created, "bytes": len(data)})
+
+
+async def get_context(request: Request) -> Response:
+    srv = _srv(request)
+    hosp = _hospital(request)
+    sha = check_sha256(request.path_params["sha"], "context hash in the path")
+    size = srv.store.size(hosp.namespace, sha)
+    if size is None:
+        if request.method == "HEAD":
+            return Response(status_code=404)
+        return JSONResponse(
+            {"error": "unknown_context", "detail": "no such context for this hospital"},
+            status_code=404,
+        )
+    if request.method == "HEAD":
+        return Response(status_code=200, headers={"Content-Length": "0"})
+    return JSONResponse({"sha256": sha, "bytes": size})
+
+
+async def infer(request: Request) -> Response:
+    srv = _srv(request)
+    hosp = _hospital(request)
+    vm = srv.model(request.path_params["name"])
+    job = check_job_token(request.headers.get(H_JOB))
+    ctx_sha = check_sha256(request.headers.get(H_CONTEXT), f"header {H_CONTEXT}")
+    body = await _read_body(request, srv.settings.max_request_bytes, srv.settings.read_timeout)
+    inputs = decode_frames(body, srv.settings.max_frames)
+    if not inputs:
+        raise BadRequestError("no ciphertexts in the request")
+    t_body = time.monotonic()
+    (outputs, eval_s), queue_s = await srv.pool.submit(
+        "evaluate",
+        vm.manifest.name,
+        hosp.namespace,
+        ctx_sha,
+        inputs,
+        timeout=srv.settings.evaluate_timeout,
+    )
+    out_body = encode_frames(outputs)
+    req_sha = frames_sha256(body)
+    resp_sha = frames_sha256(out_body)
+    entry = await anyio.to_thread.run_sync(
+        lambda: srv.chain.append(
+            job=job,
+            model=vm.manifest.name,
+            model_version=vm.manifest.version,
+            context_sha256=ctx_sha,
+            request_sha256=req_sha,
+            response_sha256=resp_sha,
+        )
+    )
+    server_s = time.monotonic() - t_body
+    log.info(
+        "infer job=%s model=%s ctx=%s.. hospital=%s in=%d/%dB out=%d/%dB queue=%.3fs eval=%.3fs",
+        job,
+        vm.manifest.name,
+        ctx_sha[:12],
+        hosp.short,
+        len(inputs),
+        len(body),
+        len(outputs),
+        len(out_body),
+        queue_s,
+        eval_s,
+    )
+    return Response(
+        out_body,
+        media_type=MEDIA_TYPE,
+        headers={
+            H_JOB: job,
+            H_MODEL_VERSION: vm.manifest.version,
+            H_CHAIN: entry["entry_hash"],
+            H_EVALUATE_SECONDS: f"{eval_s:.6f}",
+            H_QUEUE_SECONDS: f"{queue_s:.6f}",
+            H_SERVER_SECONDS: f"{server_s:.6f}",
+        },
+    )
+
+
+async def _inference_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, InferenceError)
+    level = logging.WARNING if exc.http_status < 500 else logging.ERROR
+    log.log(level, "%s %s -> %d %s", request.method, request.url.path, exc.http_status, exc.code)
+    return _error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return JSONResponse({"error": code, "detail": str(exc.detail)}, status_code=exc.status_code)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return JSONResponse({"error": "internal_error", "detail": type(exc).__name__}, status_code=500)
+
+
+def build_app(server: VendorServer) -> Starlette:
+    """The ASGI app; the lifespan starts the worker pool and stops it on shutdown."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await server.pool.start()
+        log.info("vendor server ready: models %s", ", ".join(sorted(server.models)))
+        try:
+            yield
+        finally:
+            server.pool.shutdown()
+
+    p = API_PREFIX
+    app = Starlette(
+        routes=[
+            Route(f"{p}/health", health, methods=["GET"]),
+            Route(f"{p}/models", list_models, methods=["GET"]),
+            Route(p + "/models/{name}/manifest", manifest, methods=["GET"]),
+            Route(p + "/models/{name}/infer", infer, methods=["POST"]),
+            Route(f"{p}/contexts", put_context, methods=["PUT"]),
+            Route(p + "/contexts/{sha}", get_context, methods=["GET", "HEAD"]),
+        ],
+        exception_handlers={
+            InferenceError: _inference_error,
+            HTTPException: _http_error,
+            Exception: _unexpected,
+        },
+        lifespan=lifespan,
+    )
+    app.state.vendor = server
+    return app
+
+
+# ------------------------------------------------------------------------ uvicorn glue
+def _mtls_protocol_class() -> type[Any]:
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class _MtlsH11Protocol(H11Protocol):
+        """h11 protocol that exposes the verified peer certificate as the ASGI TLS extension."""
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            sslobj = transport.get_extra_info("ssl_object")
+            der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
+            tls: dict[str, Any] = {
+                "client_cert_chain": [ssl.DER_cert_to_PEM_cert(der)] if der else [],
+                "client_cert_error": None,
+                "tls_version": None,
+                "cipher_suite": None,
+            }
+            if sslobj is not None:
+                cipher = sslobj.cipher()
+                tls["cipher_suite"] = cipher[0] if cipher else None
+                tls["tls_version"] = sslobj.version()
+            inner: ASGIApp = self.app
+
+            async def app(scope: Scope, receive: Any, send: Any) -> None:
+                ext = dict(scope.get("extensions") or {})
+                ext["tls"] = tls
+                scope["extensions"] = ext
+                await inner(scope, receive, send)
+
+            self.app = app
+
+    return _MtlsH11Protocol
+
+
+def serve(
+    settings: ServerSettings,
+    tls: TlsFiles,
+    host: str,
+    port: int,
+    log_level: str = "info",
+    max_connections: int = 64,
+) -> None:
+    """Run the vendor server until SIGTERM/SIGINT."""
+    import uvicorn
+
+    server = VendorServer(settings)
+    app = build_app(server)
+    ssl_ctx = build_ssl_context(tls)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http=_mtls_protocol_class(),
+        ws="none",
+        lifespan="on",
+        log_level=log_level.lower(),
+        access_log=False,
+        ssl_context_factory=lambda _cfg, _default: ssl_ctx,
+        limit_concurrency=max_connections,
+        timeout_keep_alive=15,
+        timeout_graceful_shutdown=10,
+        server_header=False,
+    )
+    uvicorn.Server(config).run()
