@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from node.sr import write_dataset_atomic
 from secure_infer.demo.phantoms import dicom_like_phantom
 
 __all__ = ["CR_STORAGE", "PlantedIdentity", "phantom_cr_study", "write_study_files"]
 
-CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
+CR_STORAGE = UID("1.2.840.10008.5.1.4.1.1.1")
 
 
 @dataclass(frozen=True)
