@@ -148,6 +148,16 @@ class Orthanc:
     def post(self, path: str, body: Any) -> Any:
         return self.request("POST", path, body)
 
+    def upload(self, dicom_file: bytes) -> str:
+        """Store one DICOM file through the REST API; returns Orthanc's instance ID."""
+        req = urllib.request.Request(  # noqa: S310 - loopback http
+            f"{self.url}/instances", data=dicom_file, method="POST",
+            headers={"Content-Type": "application/dicom"},
+        )  # fmt: skip
+        with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310 - loopback http
+            answer: dict[str, Any] = json.loads(resp.read())
+        return str(answer["ID"])
+
     def file(self, instance_id: str) -> bytes:
         """The DICOM file of an instance, as stored."""
         req = urllib.request.Request(f"{self.url}/instances/{instance_id}/file")  # noqa: S310
