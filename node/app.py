@@ -7,6 +7,7 @@ Everything it opens is closed by :meth:`Node.stop`.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 
 from node.audit import AuditLedger, open_ledger
@@ -37,10 +38,21 @@ class Node:
     audit: AuditLedger | None
     metrics: NodeMetrics
     metrics_server: MetricsServer | None = None
+    warm_up: threading.Thread | None = None
+
+    def _warm_up(self) -> None:
+        pairs = [
+            (r.action.infer.vendor, r.action.infer.model)
+            for r in self.cfg.routes
+            if r.action.infer is not None and r.enabled
+        ]
+        if pairs:
+            self.warm_up = self.vendors.warm_up(pairs)
 
     def start(self) -> None:
         self.metrics_server = serve_metrics(self.cfg.metrics, self.metrics)
         self.service.start()
+        self._warm_up()
 
     def stop(self) -> None:
         self.service.stop()
@@ -52,6 +64,7 @@ class Node:
     def run_forever(self) -> None:
         """Foreground run until SIGTERM/SIGINT (systemd)."""
         self.metrics_server = serve_metrics(self.cfg.metrics, self.metrics)
+        self._warm_up()
         try:
             self.service.run_forever()
         finally:

@@ -7,7 +7,9 @@ connection) and reused across jobs, so the public context is uploaded once per h
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -19,20 +21,32 @@ from secure_infer.manifest import Manifest
 
 __all__ = ["ClientBackend", "VendorBackends"]
 
+log = logging.getLogger(__name__)
+
 
 class ClientBackend:
     """:class:`InferenceBackend` over a real mutual-TLS :class:`VendorClient`."""
 
     def __init__(self, client: VendorClient) -> None:
         self.client = client
+        # one user of the client at a time: the warm-up thread and the job runner would
+        # otherwise race to create the same CKKS key files
+        self._lock = threading.Lock()
+
+    def prepare(self, model: str) -> None:
+        """Keys created or loaded and the public context uploaded (once per hospital key)."""
+        with self._lock:
+            self.client.ensure_context(model)
 
     def manifest(self, model: str) -> Manifest:
-        manifest, _ = self.client.model_info(model)
+        with self._lock:
+            manifest, _ = self.client.model_info(model)
         return manifest
 
     def infer(self, model: str, batch: np.ndarray) -> InferenceOutcome:
-        res = self.client.infer(model, batch)
-        _, spec = self.client.model_info(model)
+        with self._lock:
+            res = self.client.infer(model, batch)
+            _, spec = self.client.model_info(model)
         params = {
             "he.scheme": "CKKS",
             "he.poly_modulus_degree": str(spec.poly_modulus_degree),
@@ -76,6 +90,31 @@ class VendorBackends:
                 client = VendorClient(section.client_settings(), self.key_dir / vendor)
                 self._backends[vendor] = ClientBackend(client)
             return self._backends[vendor]
+
+    def warm_up(self, pairs: Iterable[tuple[str, str]]) -> threading.Thread:
+        """In the background: fetch each (vendor, model)'s manifest, create or load the CKKS
+        keys and upload the public context if the vendor lacks it.
+
+        Key generation and the one-time context upload (tens of MB of Galois keys) then happen
+        when the node starts, not inside the first study's latency. Failures are only logged:
+        the pipeline does the same work on demand, with its retries.
+        """
+
+        def run() -> None:
+            for vendor, model in dict.fromkeys(pairs):
+                try:
+                    backend = self(vendor)
+                    assert isinstance(backend, ClientBackend)
+                    backend.prepare(model)
+                    log.info("vendor %s model %s: keys ready, public context uploaded",
+                             vendor, model)  # fmt: skip
+                except Exception as exc:
+                    log.warning("vendor %s model %s: warm-up failed (%s); will retry on demand",
+                                vendor, model, type(exc).__name__)  # fmt: skip
+
+        thread = threading.Thread(target=run, name="vendor-warm-up", daemon=True)
+        thread.start()
+        return thread
 
     def close(self) -> None:
         with self._lock:
