@@ -112,6 +112,14 @@ def _sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _calling_ae(ds: Dataset) -> str | None:
+    """The AE title that sent the study: our SCP records it in each file's meta information
+    as Source Application Entity Title (0002,0016)."""
+    meta = getattr(ds, "file_meta", None)
+    value = meta.get("SourceApplicationEntityTitle") if meta is not None else None
+    return str(value).strip() or None if value else None
+
+
 def _first_frame(ds: Dataset) -> np.ndarray:
     arr = ds.pixel_array
     frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -147,7 +155,6 @@ class Pipeline:
         uid_key: bytes,
         audit: AuditLedger | None = None,
         metrics: NodeMetrics | None = None,
-        calling_ae_of: Callable[[Job], str | None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.pseudonyms = pseudonyms
@@ -158,7 +165,6 @@ class Pipeline:
         self.uid_key = uid_key
         self.audit = audit
         self.metrics = metrics
-        self.calling_ae_of = calling_ae_of or (lambda job: None)
 
     # ------------------------------------------------------------------ helpers
 
@@ -195,15 +201,16 @@ class Pipeline:
         if steps.get("received") is None:
             self._audit(AuditKind.STUDY_RECEIVED, study=job.study, instances=len(headers))
             steps.put("received", {"instances": len(headers)})
+        calling_ae = _calling_ae(headers[0][1])
         with self._timed("rules"):
-            evaluation = evaluate(self.cfg.routes, headers[0][1], self.calling_ae_of(job))
+            evaluation = evaluate(self.cfg.routes, headers[0][1], calling_ae)
         if not evaluation.matches:
             if self.metrics is not None:
                 self.metrics.rule_decision("none")
             log.info("study %s: no rule matched; nothing to do", job.study)
             return
         for match in evaluation.matches:
-            self._run_match(job, steps, headers, match)
+            self._run_match(job, steps, headers, match, calling_ae)
 
     def _run_match(
         self,
@@ -211,6 +218,7 @@ class Pipeline:
         steps: StepStore,
         headers: list[tuple[Path, Dataset]],
         match: RuleMatch,
+        calling_ae: str | None,
     ) -> None:
         action = match.action
         tag = f"r{match.index}"
@@ -223,7 +231,6 @@ class Pipeline:
             if self.metrics is not None:
                 self.metrics.rule_decision(kind)
             steps.put(f"{tag}-matched", {"rule": match.name, "action": kind})
-        calling_ae = self.calling_ae_of(job)
         selected = [
             (p, ds) for p, ds in headers if series_selected(action, ds, calling_ae)[0]
         ]
