@@ -37,18 +37,35 @@ def _cfg(tmp: Path, pacs_port: int, **sender: Any) -> NodeConfig:
     return parse_model(
         {
             "node": {"state_dir": str(tmp / "state")},
-            "destinations": {"pacs": {"ae_title": "DEMOPACS", "host": "127.0.0.1",
-                                      "port": pacs_port}},  # fmt: skip
-            "sender": {"max_attempts": 3, "initial_backoff_seconds": 0.01,
-                       "max_backoff_seconds": 0.02, "timeout_seconds": 5, **sender},  # fmt: skip
-            "vendors": {"v": {"url": "https://127.0.0.1:1", "client_cert": "/x", "client_key": "/x",
-                              "ca": "/x", "models": ["demo-lesion"]}},  # fmt: skip
+            "destinations": {
+                "pacs": {"ae_title": "DEMOPACS", "host": "127.0.0.1", "port": pacs_port}
+            },
+            "sender": {
+                "max_attempts": 3,
+                "initial_backoff_seconds": 0.01,
+                "max_backoff_seconds": 0.02,
+                "timeout_seconds": 5,
+                **sender,
+            },
+            "vendors": {
+                "v": {
+                    "url": "https://127.0.0.1:1",
+                    "client_cert": "/x",
+                    "client_key": "/x",
+                    "ca": "/x",
+                    "models": ["demo-lesion"],
+                }
+            },
             "routes": [
-                {"name": "cxr", "match": {"attribute": "Modality", "equals": "CR"},
-                 "action": {"infer": {"vendor": "v", "model": "demo-lesion",
-                                      "destinations": ["pacs"]}}},
+                {
+                    "name": "cxr",
+                    "match": {"attribute": "Modality", "equals": "CR"},
+                    "action": {
+                        "infer": {"vendor": "v", "model": "demo-lesion", "destinations": ["pacs"]}
+                    },
+                },
                 {"name": "rest", "match": {"all": []}, "action": "discard"},
-            ],  # fmt: skip
+            ],
         },
         NodeConfig,
     )
@@ -88,9 +105,15 @@ def _setup(tmp: Path, cfg: NodeConfig, backend: LocalBackend, lesions: list[bool
 
     sender.send = counting_send  # type: ignore[method-assign]
     pipeline = Pipeline(
-        cfg, pseudonyms=Pseudonymizer(KEY), deid_keys=DeidKeys(KEY, b"d" * 32), vault=vault,
-        sender=sender, backends=lambda name: backend, uid_key=KEY, metrics=NodeMetrics(),
-    )  # fmt: skip
+        cfg,
+        pseudonyms=Pseudonymizer(KEY),
+        deid_keys=DeidKeys(KEY, b"d" * 32),
+        vault=vault,
+        sender=sender,
+        backends=lambda name: backend,
+        uid_key=KEY,
+        metrics=NodeMetrics(),
+    )
     return study, store, intake, job, pipeline, sends
 
 
@@ -100,7 +123,7 @@ def test_pacs_down_resumes_at_delivery_without_repeating_inference(
     backend = backend_factory()
     pacs = EmbeddedPacs(tmp_path / "pacs")  # port chosen, not listening yet: the PACS is down
     cfg = _cfg(tmp_path, pacs.dicom_port)
-    study, store, intake, job, pipeline, sends = _setup(tmp_path, cfg, backend, [True, False])
+    study, _store, _intake, job, pipeline, sends = _setup(tmp_path, cfg, backend, [True, False])
     with pytest.raises(Exception):  # noqa: B017 - the sender's error when PACS is down
         pipeline(job)
     steps = job.dir / "steps"
@@ -149,7 +172,7 @@ def test_vendor_outage_retries_then_fails_then_requeue_completes(
 def test_no_rule_or_discard_sends_nothing(tmp_path: Path, backend_factory: Any) -> None:
     backend = backend_factory()
     cfg = _cfg(tmp_path, 1)
-    study, store, intake, job, pipeline, sends = _setup(tmp_path, cfg, backend, [False])
+    _study, _store, _intake, job, pipeline, sends = _setup(tmp_path, cfg, backend, [False])
     for path in job.paths:  # make it a CT: the CR rule does not match, 'rest' discards
         ds = pydicom.dcmread(path)
         ds.Modality = "CT"
