@@ -19,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-__all__ = ["Orthanc", "find_orthanc", "free_port", "nodelay_env"]
+__all__ = ["Orthanc", "find_orthanc", "free_port", "nodelay_env", "stop_process"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -42,6 +42,18 @@ def find_orthanc() -> str | None:
     if found is None and Path("/usr/sbin/Orthanc").exists():
         found = "/usr/sbin/Orthanc"
     return found
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
+    """Terminate a peer process and wait for it; kill it if it does not stop in ``timeout``."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 class Orthanc:
@@ -123,13 +135,7 @@ class Orthanc:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         if self._log is not None:
             self._log.close()
             self._log = None

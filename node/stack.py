@@ -34,7 +34,7 @@ from pynetdicom.events import Event
 
 from node.app import Node, build_node
 from node.config import NodeConfig, parse_model
-from node.localpacs import Orthanc, find_orthanc, free_port, nodelay_env
+from node.localpacs import Orthanc, find_orthanc, free_port, nodelay_env, stop_process
 from node.phantom_study import write_study_files
 from scp import DestinationSettings, StorageSender
 from secure_infer.certs import create_ca, issue_client_cert, issue_server_cert
@@ -265,13 +265,7 @@ class Stack:
             self.pacs.__exit__(None, None, None)
             self.pacs = None
         if self.vendor_proc is not None:
-            if self.vendor_proc.poll() is None:
-                self.vendor_proc.terminate()
-                try:
-                    self.vendor_proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    self.vendor_proc.kill()
-                    self.vendor_proc.wait()
+            stop_process(self.vendor_proc, timeout=15)
             self.vendor_log.close()
             self.vendor_proc = None
 

@@ -17,7 +17,7 @@ from types import TracebackType
 import pytest
 
 from node.localpacs import Orthanc as _Orthanc
-from node.localpacs import free_port, nodelay_env
+from node.localpacs import free_port, nodelay_env, stop_process
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -103,13 +103,7 @@ class StoreSCP:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
     def received(self) -> list[Path]:
         return sorted(p for p in self.outdir.iterdir() if p.is_file())
