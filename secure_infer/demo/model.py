@@ -130,7 +130,7 @@ def backward(
     if d_conv_extra is not None:
         d_conv = d_conv + d_conv_extra
     d_c = d_conv.reshape(n, CONV_CHANNELS, GRID * GRID).transpose(0, 2, 1)  # [N, pos, ch]
-    g_wm = np.einsum("npc,npk->ck", d_c, f.p)
+    g_wm = d_c.reshape(-1, CONV_CHANNELS).T @ f.p.reshape(-1, KERNEL * KERNEL)
     g_conv_b = d_c.sum(axis=(0, 1))
     return DemoWeights(
         conv_w=g_wm.reshape(w.conv_w.shape),

@@ -18,7 +18,7 @@ and determinism across platforms matters more than realism.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -96,11 +96,8 @@ def phantom_params(rng: np.random.Generator, lesion: bool) -> PhantomParams:
         noise_sigma=float(rng.uniform(0.01, 0.04)),
         lesion=None,
     )
-    if not lesion:
-        # Draw the same number of values either way, so negatives and positives of a set stay
-        # aligned with their seeds whatever their labels.
-        rng.uniform(size=5)
-        return p
+    # The lesion is always drawn, and used only for positives: a phantom's anatomy, noise and
+    # the rest of its set then do not depend on its label.
     (cu0, cv0), (cu1, cv1) = _lung_centers(p)
     au, av = p.lung_axes
     side = int(rng.integers(0, 2))
@@ -112,7 +109,9 @@ def phantom_params(rng: np.random.Generator, lesion: bool) -> PhantomParams:
     v = cv + rad * av * float(np.sin(ang))
     radius = float(rng.uniform(0.07, 0.15))
     contrast = float(rng.uniform(0.12, 0.30))
-    return PhantomParams(**{**p.__dict__, "lesion": (float(u), float(v), radius, contrast)})
+    if not lesion:
+        return p
+    return replace(p, lesion=(float(u), float(v), radius, contrast))
 
 
 def _render_clean(p: PhantomParams, size: int) -> npt.NDArray[np.float64]:
