@@ -10,12 +10,12 @@ the Clean Pixel Data Option code recorded.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
 from pydicom.dataset import Dataset
-from pydicom.tag import Tag
+
+from node.deid.rawops import fast_str
 
 __all__ = [
     "DEFAULT_SUSPECT_MODALITIES",
@@ -44,8 +44,12 @@ DEFAULT_SUSPECT_SOP_CLASSES = frozenset(
 )
 _DOSE_WORDS = ("DOSE", "SCREEN", "REPORT")
 
-_BURNED_IN = Tag(0x0028, 0x0301)
-_PIXEL_DATA = Tag(0x7FE0, 0x0010)
+_BURNED_IN = 0x00280301
+_PIXEL_DATA = 0x7FE00010
+_ENCAPSULATED_DOC = 0x00420011
+_MODALITY = 0x00080060
+_SOP_CLASS = 0x00080016
+_IMAGE_TYPE = 0x00080008
 
 
 class BurnedInRule(StrEnum):
@@ -103,20 +107,17 @@ def burned_in_reason(ds: Dataset, policy: BurnedInPolicy) -> str | None:
     Instances without Pixel Data (SR, KOS, RT plans...) are never suspect here; their text is
     handled by the attribute profile.
     """
-    if _PIXEL_DATA not in ds and "EncapsulatedDocument" not in ds:
+    if _PIXEL_DATA not in ds._dict and _ENCAPSULATED_DOC not in ds._dict:
         return None
-    if str(ds.get(_BURNED_IN).value if _BURNED_IN in ds else "").strip().upper() == "YES":
+    if fast_str(ds, _BURNED_IN).upper() == "YES":
         return "burned_in_annotation_yes"
-    modality = str(ds.get("Modality", "") or "").strip().upper()
+    modality = fast_str(ds, _MODALITY).upper()
     if modality in policy.suspect_modalities:
         return f"modality_{modality.lower()}"
-    if str(ds.get("SOPClassUID", "") or "") in policy.suspect_sop_classes:
+    if fast_str(ds, _SOP_CLASS) in policy.suspect_sop_classes:
         return "sop_class_usually_burned_in"
-    image_type = ds.get("ImageType")
-    words: Iterable[str] = image_type if isinstance(image_type, Iterable) else ()
-    if isinstance(image_type, str):
-        words = [image_type]
-    if any(any(w in str(v).upper() for w in _DOSE_WORDS) for v in words):
+    image_type = fast_str(ds, _IMAGE_TYPE).upper()
+    if any(w in image_type for w in _DOSE_WORDS):
         return "dose_or_screen_capture"
     return None
 

@@ -19,9 +19,12 @@ from typing import Any
 
 import numpy as np
 from pydicom._uid_dict import UID_dictionary
-from pydicom.datadict import dictionary_has_tag, dictionary_VR, keyword_for_tag
-from pydicom.dataelem import DataElement
+from pydicom.datadict import dictionary_has_tag, dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
@@ -36,6 +39,7 @@ from node.deid.options import (
     parse_options,
 )
 from node.deid.private import SafePrivateAllowList
+from node.deid.rawops import ascii_value, fast_str, with_value
 from node.deid.scrub import PhiScrubber, name_tokens
 from node.deid.table import CompiledProfile, compile_profile
 from node.deid.temporal import cap_age, shift_multi
@@ -52,6 +56,7 @@ _PATIENT_NAME = 0x00100010
 _PATIENT_ID = 0x00100020
 _PATIENT_AGE = 0x00101010
 _SOP_INSTANCE_UID = 0x00080018
+_STUDY_UID = 0x0020000D
 _PIXEL_DATA = 0x7FE00010
 _TEXT_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC"})
 _STRINGY_VRS = _TEXT_VRS | {"PN", "CS", "AE", "DA", "DT", "TM", "UI", "AS", "IS", "DS", "UR"}
@@ -88,20 +93,23 @@ _CLASS_UID_KEYWORDS = frozenset(
         "TemplateExtensionCreatorUID",
     }
 )
-_VAULT_KEYWORDS = (
-    "PatientID",
-    "PatientName",
-    "PatientBirthDate",
-    "PatientSex",
-    "IssuerOfPatientID",
-    "OtherPatientIDs",
-    "AccessionNumber",
-    "StudyInstanceUID",
-    "StudyID",
-    "StudyDate",
-    "StudyTime",
-    "StudyDescription",
-    "ReferringPhysicianName",
+_VAULT_TAGS = tuple(
+    (kw, int(tag_for_keyword(kw) or 0))
+    for kw in (
+        "PatientID",
+        "PatientName",
+        "PatientBirthDate",
+        "PatientSex",
+        "IssuerOfPatientID",
+        "OtherPatientIDs",
+        "AccessionNumber",
+        "StudyInstanceUID",
+        "StudyID",
+        "StudyDate",
+        "StudyTime",
+        "StudyDescription",
+        "ReferringPhysicianName",
+    )
 )
 _QUICK_PN = (
     0x00100010,
@@ -204,20 +212,21 @@ class Deidentifier:
         self._plans: dict[tuple[int, bool], tuple[str, str]] = {}
         self._scrubbers: dict[frozenset[str], PhiScrubber] = {}
         self._token_kinds: dict[int, str] = {}
+        self._stamp_cache: dict[tuple[bool, bool], list[tuple[Any, Any]]] = {}
         self._method_values = ["BlindRead PS3.15 E.1-1 Basic Profile", *self.options.names()]
 
     # ------------------------------------------------------------------ public API
 
     def deidentify(self, ds: Dataset) -> DeidResult:
         """De-identify ``ds`` in place and return the result (or why it is blocked)."""
-        orig_pid = str(ds.get("PatientID", "") or "").strip()
-        orig_study = str(ds.get("StudyInstanceUID", "") or "")
+        orig_pid = fast_str(ds, _PATIENT_ID)
+        orig_study = fast_str(ds, _STUDY_UID)
         identity_key = orig_pid or (
-            f"{ds.get('PatientName', '')}|{ds.get('PatientBirthDate', '')}|{orig_study}"
+            f"{fast_str(ds, _PATIENT_NAME)}|{fast_str(ds, 0x00100030)}|{orig_study}"
         )
         pseudo_pid = patient_pseudonym(self.keys.hmac_key, identity_key)
         study_p = self._pseudo.study(orig_study)
-        inst_p = self._pseudo.instance(str(ds.get("SOPInstanceUID", "") or ""))
+        inst_p = self._pseudo.instance(fast_str(ds, _SOP_INSTANCE_UID))
         shift = date_shift_days(self.keys.date_key, identity_key) if self._modified_dates else None
         identifiers = self._identifiers(ds)
 
@@ -244,14 +253,13 @@ class Deidentifier:
         scrubber = self._scrubber(ds)
         ctx = _Ctx(shift_days=shift, uid_map={}, scrubber=scrubber)
         self._walk(ds, ctx, in_clean=False, device_mask=self._overlay_mask(ds))
-        if _PATIENT_ID in ds or orig_pid:
-            ds.PatientID = pseudo_pid
-        ds.PatientName = pseudo_pid
+        self._set_text(ds, _PATIENT_ID, "PatientID", pseudo_pid)
+        self._set_text(ds, _PATIENT_NAME, "PatientName", pseudo_pid)
         self._file_meta(ds, ctx)
         self._stamp(ds, masked)
         if ctx.invalid_dates:
             self._emit("deid.invalid_dates_removed", instance=inst_p, count=ctx.invalid_dates)
-        identifiers["DeidStudyInstanceUID"] = str(ds.get("StudyInstanceUID", "") or "")
+        identifiers["DeidStudyInstanceUID"] = fast_str(ds, _STUDY_UID)
         identifiers["PatientPseudonym"] = pseudo_pid
         return DeidResult(
             dataset=ds,
@@ -278,11 +286,16 @@ class Deidentifier:
 
     @staticmethod
     def _identifiers(ds: Dataset) -> dict[str, str]:
-        out = {}
-        for kw in _VAULT_KEYWORDS:
-            if kw in ds:
-                out[kw] = _as_str(ds[kw].value)
-        return out
+        return {kw: fast_str(ds, tag) for kw, tag in _VAULT_TAGS if tag in ds._dict}
+
+    @staticmethod
+    def _set_text(ds: Dataset, tag: int, keyword: str, text: str) -> None:
+        """Set an ASCII value, as a raw element when the dataset came from a file."""
+        elem = ds._dict.get(tag)  # type: ignore[call-overload]
+        if isinstance(elem, RawDataElement):
+            ds._dict[tag] = with_value(elem, text)  # type: ignore[index]
+        else:
+            setattr(ds, keyword, text)
 
     def _mask(self, ds: Dataset, mask: DeviceMask) -> None:
         apply_mask(ds, mask)
@@ -308,11 +321,11 @@ class Deidentifier:
         tokens: set[str] = set()
         for tag in _QUICK_PN:
             if tag in ds._dict:
-                for v in _values(ds[tag].value):
-                    tokens |= name_tokens(str(v))
+                for v in fast_str(ds, tag).split("\\"):
+                    tokens |= name_tokens(v)
         for tag in _QUICK_ID:
             if tag in ds._dict:
-                tokens |= {str(v) for v in _values(ds[tag].value) if len(str(v).strip()) >= 3}
+                tokens |= {v for v in fast_str(ds, tag).split("\\") if len(v.strip()) >= 3}
         return tokens
 
     def _collect_tokens(self, ds: Dataset, tokens: set[str] | None = None) -> set[str]:
@@ -329,17 +342,18 @@ class Deidentifier:
                 kind = self._token_kinds[tag] = _token_kind(tag, raw.VR)
             if not kind:
                 continue
-            value = ds[tag].value
             if kind == "SQ":
-                for item in value or ():
+                for item in ds[tag].value or ():
                     self._collect_tokens(item, tokens)
-            elif kind == "PN":
-                for v in _values(value):
-                    tokens |= name_tokens(str(v))
+                continue
+            value = fast_str(ds, tag)
+            if kind == "PN":
+                for v in value.split("\\"):
+                    tokens |= name_tokens(v)
             elif kind == "ID":
-                tokens |= {str(v) for v in _values(value) if len(str(v).strip()) >= 3}
+                tokens |= {v for v in value.split("\\") if len(v.strip()) >= 3}
             elif kind == "BD" and value:
-                d = str(value)
+                d = value
                 if len(d) == 8:
                     y, m, dd = d[:4], d[4:6], d[6:]
                     tokens |= {
@@ -428,9 +442,79 @@ class Deidentifier:
                 elif vr == "AS":
                     self._cap_age(ds, tag)
                 continue
+            if action == "X":
+                del raw[tag]
+                continue
+            if isinstance(elem, RawDataElement) and self._raw_apply(raw, tag, elem, action, vr, ctx):
+                continue
             self._apply(ds, tag, action, vr, ctx, in_clean)
         if private_tags:
             self._private(ds, private_tags, ctx)
+
+    def _raw_apply(
+        self,
+        raw: dict[Any, Any],
+        tag: int,
+        elem: RawDataElement,
+        action: str,
+        vr: str,
+        ctx: _Ctx,
+    ) -> bool:
+        """Apply ``action`` on undecoded bytes; False means "use the decoding path"."""
+        if action == "Z":
+            raw[tag] = elem._replace(value=b"", length=0)
+            return True
+        if vr == "SQ":
+            return False
+        text = ascii_value(elem)
+        if text is None:
+            return False
+        stripped = text.strip(" \x00")
+        if not stripped:
+            return True  # empty stays empty whatever the action
+        if tag == _PATIENT_ID:
+            raw[tag] = with_value(elem, patient_pseudonym(self.keys.hmac_key, stripped))
+            return True
+        new: str | None
+        if vr == "UI" and action in ("U", "M", "D", "C"):
+            if self._retain_uids:
+                return True
+            out = []
+            for uid in stripped.split("\\"):
+                uid = uid.strip(" \x00")
+                if not uid or (action in ("M", "C") and uid in UID_dictionary):
+                    out.append(uid)
+                    continue
+                mapped = self._uids(uid)
+                ctx.uid_map[uid] = mapped
+                out.append(mapped)
+            raw[tag] = with_value(elem, "\\".join(out), b"\x00")
+            return True
+        if action == "D":
+            if vr not in _DUMMY:
+                return False
+            raw[tag] = with_value(elem, _DUMMY[vr])
+            return True
+        if action == "C" and vr in ("DA", "DT"):
+            if ctx.shift_days is None:
+                del raw[tag]
+                return True
+            new = shift_multi(stripped, ctx.shift_days, vr)
+            if new is None:
+                ctx.invalid_dates += 1
+                new = ""
+            raw[tag] = with_value(elem, new)
+            return True
+        if action == "C" and vr == "TM":
+            return True
+        if vr in _TEXT_VRS and action in ("S", "C"):
+            scrub = ctx.scrubber.scrub_known if action == "S" else ctx.scrubber.scrub
+            old = text.rstrip(" \x00")
+            new = scrub(old)
+            if new != old:
+                raw[tag] = with_value(elem, new)
+            return True
+        return False
 
     def _apply(
         self, ds: Dataset, tag: int, action: str, vr: str, ctx: _Ctx, in_clean: bool
@@ -612,7 +696,30 @@ class Deidentifier:
             del meta.FileMetaInformationGroupLength  # recomputed on write
 
     def _stamp(self, ds: Dataset, masked: bool) -> None:
-        """Record what was done: (0012,0062/0063/0064) and (0028,0303)."""
+        """Record what was done: (0012,0062/0063/0064) and (0028,0303).
+
+        The four elements are the same for every instance of an option set, so for datasets
+        read from a little-endian file they are encoded once and inserted as raw elements.
+        """
+        implicit, little = ds.original_encoding
+        if implicit is None or not little:
+            self._stamp_slow(ds, masked)
+            return
+        key = (bool(implicit), masked)
+        elems = self._stamp_cache.get(key)
+        if elems is None:
+            tmp = Dataset()
+            self._stamp_slow(tmp, masked)
+            fp = DicomBytesIO()
+            fp.is_implicit_VR, fp.is_little_endian = bool(implicit), True
+            write_dataset(fp, tmp)
+            fp.seek(0)
+            decoded = read_dataset(fp, bool(implicit), True)
+            elems = self._stamp_cache[key] = list(decoded._dict.items())
+        for tag, raw in elems:
+            ds._dict[tag] = raw
+
+    def _stamp_slow(self, ds: Dataset, masked: bool) -> None:
         ds.PatientIdentityRemoved = "YES"
         ds.DeidentificationMethod = self._method_values
         codes = [BASIC_PROFILE_CODE]
