@@ -31,8 +31,8 @@ from pydicom.dataset import Dataset
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from node.deid import DeidKeys, Deidentifier  # noqa: E402
-from tests.phi_corpus import _ct, _PEOPLE, _uid, PatientPlant  # noqa: E402
+from node.deid import Deidentifier, DeidKeys  # noqa: E402
+from tests.phi_corpus import _PEOPLE, PatientPlant, _ct, _uid  # noqa: E402
 
 FULLER = (
     "retain_long_modified_dates",

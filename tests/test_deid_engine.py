@@ -321,3 +321,45 @@ def test_patient_id_without_value_gets_stable_pseudonym() -> None:
     a = d.deidentify(make_ct(PatientID="")).dataset
     b = d.deidentify(make_ct(PatientID="")).dataset
     assert a is not None and b is not None and a.PatientID == b.PatientID != ""
+
+
+# ---------------------------------------------------------------- real files (pydicom test data)
+
+
+@pytest.mark.parametrize("name", ["MR_small_bigendian.dcm", "MR_small_RLE.dcm", "CT_small.dcm"])
+def test_real_files_pixels_byte_identical_and_identity_gone(name: str) -> None:
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(name)
+    assert path is not None
+    src = pydicom.dcmread(path)
+    before = (str(src.PatientName), str(src.PatientID), src.StudyInstanceUID, bytes(src.PixelData))
+    r = Deidentifier(["retain_long_modified_dates"], KEYS).deidentify(src)
+    assert r.dataset is not None
+    buf = io.BytesIO()
+    r.dataset.save_as(buf, enforce_file_format=True)
+    out = pydicom.dcmread(io.BytesIO(buf.getvalue()))
+    assert out.file_meta.TransferSyntaxUID == src.file_meta.TransferSyntaxUID
+    assert out.PixelData == before[3]
+    assert str(out.PatientName) != before[0] and out.PatientID != before[1]
+    assert out.StudyInstanceUID == r.uid_map[before[2]]
+    assert out.DeidentificationMethodCodeSequence[1].CodeValue == "113107"
+
+
+def test_mask_on_compressed_rgb_decodes_blanks_and_stores_uncompressed() -> None:
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("SC_rgb_jpeg_dcmtk.dcm")
+    assert path is not None
+    src = pydicom.dcmread(path)
+    src.Manufacturer, src.ManufacturerModelName = "ACME", "SC1"
+    before = src.pixel_array.copy()
+    mask = DeviceMask("ACME", "SC1", 100, 100, ((10, 20, 30, 5),))
+    r = Deidentifier([], KEYS, burned_in=BurnedInPolicy(BurnedInRule.MASK, (mask,))).deidentify(src)
+    assert r.dataset is not None and r.pixels_masked
+    assert r.dataset.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    buf = io.BytesIO()
+    r.dataset.save_as(buf, enforce_file_format=True)
+    arr = pydicom.dcmread(io.BytesIO(buf.getvalue())).pixel_array
+    assert not arr[20:25, 10:40].any()
+    assert np.array_equal(arr[30:], before[30:])

@@ -13,7 +13,7 @@ and Pixel Data are written back byte for byte.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -445,7 +445,9 @@ class Deidentifier:
             if action == "X":
                 del raw[tag]
                 continue
-            if isinstance(elem, RawDataElement) and self._raw_apply(raw, tag, elem, action, vr, ctx):
+            if isinstance(elem, RawDataElement) and self._raw_apply(
+                raw, tag, elem, action, vr, ctx
+            ):
                 continue
             self._apply(ds, tag, action, vr, ctx, in_clean)
         if private_tags:
@@ -453,7 +455,7 @@ class Deidentifier:
 
     def _raw_apply(
         self,
-        raw: dict[Any, Any],
+        raw: MutableMapping[Any, Any],
         tag: int,
         elem: RawDataElement,
         action: str,
@@ -714,7 +716,7 @@ class Deidentifier:
             fp.is_implicit_VR, fp.is_little_endian = bool(implicit), True
             write_dataset(fp, tmp)
             fp.seek(0)
-            decoded = read_dataset(fp, bool(implicit), True)
+            decoded = read_dataset(fp, bool(implicit), True)  # type: ignore[arg-type]
             elems = self._stamp_cache[key] = list(decoded._dict.items())
         for tag, raw in elems:
             ds._dict[tag] = raw
