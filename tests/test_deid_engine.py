@@ -363,3 +363,9 @@ def test_mask_on_compressed_rgb_decodes_blanks_and_stores_uncompressed() -> None
     arr = pydicom.dcmread(io.BytesIO(buf.getvalue())).pixel_array
     assert not arr[20:25, 10:40].any()
     assert np.array_equal(arr[30:], before[30:])
+
+
+def test_allow_rule_skips_the_burned_in_check_for_encrypted_inference() -> None:
+    d = Deidentifier([], KEYS, burned_in=BurnedInPolicy(BurnedInRule.ALLOW))
+    r = d.deidentify(make_ct(Modality="US", BurnedInAnnotation="YES"))
+    assert not r.blocked and not r.pixels_masked

@@ -59,6 +59,9 @@ class BurnedInRule(StrEnum):
     """Never export it (default)."""
     MASK = "mask"
     """Blank the regions of a matching device mask; block if no mask matches."""
+    ALLOW = "allow"
+    """Do not check (API only, not offered in YAML): for a pipeline whose pixels never leave
+    the node in the clear, e.g. encrypted inference, where identity is re-linked anyway."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,8 @@ def burned_in_reason(ds: Dataset, policy: BurnedInPolicy) -> str | None:
     Instances without Pixel Data (SR, KOS, RT plans...) are never suspect here; their text is
     handled by the attribute profile.
     """
+    if policy.rule is BurnedInRule.ALLOW:
+        return None
     if _PIXEL_DATA not in ds._dict and _ENCAPSULATED_DOC not in ds._dict:
         return None
     if fast_str(ds, _BURNED_IN).upper() == "YES":
