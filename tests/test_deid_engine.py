@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import io
 from typing import Any
@@ -369,3 +370,35 @@ def test_allow_rule_skips_the_burned_in_check_for_encrypted_inference() -> None:
     d = Deidentifier([], KEYS, burned_in=BurnedInPolicy(BurnedInRule.ALLOW))
     r = d.deidentify(make_ct(Modality="US", BurnedInAnnotation="YES"))
     assert not r.blocked and not r.pixels_masked
+
+
+@given(
+    family=st.from_regex(r"Zq[a-z]{3,8}", fullmatch=True),
+    given_name=st.from_regex(r"Xv[a-z]{2,6}", fullmatch=True),
+    pid=st.from_regex(r"[A-Z]{2}[0-9]{3,9}", fullmatch=True),
+    case=st.sampled_from([str.upper, str.lower, str.title]),
+)
+@settings(max_examples=60, deadline=None)
+def test_planted_names_and_ids_never_survive(
+    family: str, given_name: str, pid: str, case: Any
+) -> None:
+    ds = make_ct(
+        PatientName=f"{family}^{given_name}",
+        PatientID=pid,
+        OtherPatientNames=case(f"{family}^{given_name}"),
+        ReferringPhysicianName=f"{given_name}^{family}",
+        StudyDescription=f"scan of {case(family)} ({pid})",
+        ImageComments=f"{case(given_name)} {case(family)} id {pid}",
+        ProtocolName=f"protocol {case(family)}",
+    )
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator = "1", "99X"
+    code.CodeMeaning = f"for {case(given_name)}"
+    ds.ProcedureCodeSequence = [code]
+    for options in ([], ["clean_descriptors", "retain_long_modified_dates"]):
+        src = roundtrip(copy.deepcopy(ds)) if options else copy.deepcopy(ds)
+        out = Deidentifier(options, KEYS).deidentify(src).dataset
+        assert out is not None
+        text = "\n".join(str(e.value) for e in out.iterall() if e.tag != 0x7FE00010).lower()
+        for leak in (family, given_name, pid):
+            assert leak.lower() not in text, (options, leak)
