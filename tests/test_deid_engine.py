@@ -299,6 +299,8 @@ def test_burned_in_blocked_with_event_and_log(caplog: pytest.LogCaptureFixture) 
         assert d.deidentify(make_ct(Modality=modality)).blocked
     assert d.deidentify(make_ct(ImageType=["DERIVED", "SECONDARY", "DOSE_INFO"])).blocked
     assert not d.deidentify(make_ct(BurnedInAnnotation="NO")).blocked
+    assert events[-1][0] == "deid.deidentified"
+    assert events[-1][1]["options"] == [] and "P123" not in repr(events)
 
 
 def test_mask_releases_matching_device_only() -> None:

@@ -259,6 +259,13 @@ class Deidentifier:
         self._stamp(ds, masked)
         if ctx.invalid_dates:
             self._emit("deid.invalid_dates_removed", instance=inst_p, count=ctx.invalid_dates)
+        self._emit(
+            "deid.deidentified",
+            instance=inst_p,
+            study=study_p,
+            options=list(self.options.names()),
+            pixels_masked=masked,
+        )
         identifiers["DeidStudyInstanceUID"] = fast_str(ds, _STUDY_UID)
         identifiers["PatientPseudonym"] = pseudo_pid
         return DeidResult(
