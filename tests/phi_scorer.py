@@ -276,6 +276,18 @@ def score(
                         )
                 else:
                     check(f"{rel}: SR content tree removed (basic profile)", not texts)
+                if "clean_structured_content" in opts:
+
+                    def content_codes(d: Dataset) -> set[str]:
+                        tree = Dataset()
+                        tree.ContentSequence = d.ContentSequence
+                        tree.ConceptNameCodeSequence = d.ConceptNameCodeSequence
+                        return {str(v) for v in _find_all(tree, "CodeValue")}
+
+                    check(
+                        f"{rel}: SR content code values intact",
+                        content_codes(src) == content_codes(ds),
+                    )
                 pnames = [str(v) for v in _find_all(ds, "PersonName")]
                 check(
                     f"{rel}: SR person names replaced", all(v in ("", "ANONYMIZED") for v in pnames)

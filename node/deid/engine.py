@@ -93,6 +93,22 @@ _CLASS_UID_KEYWORDS = frozenset(
         "TemplateExtensionCreatorUID",
     }
 )
+# Coded-entry parts: identifiers of terms, never free text; scrubbing would corrupt the code.
+_CODED_KEYWORDS = frozenset(
+    {
+        "CodeValue",
+        "LongCodeValue",
+        "URNCodeValue",
+        "CodingSchemeDesignator",
+        "CodingSchemeVersion",
+        "ContextIdentifier",
+        "MappingResource",
+        "TemplateIdentifier",
+        "EquivalentCodeSequence",
+    }
+)
+# Code meanings come from terminologies; only the instance's own identifiers are removed.
+_CODE_MEANING_KEYWORDS = frozenset({"CodeMeaning", "MappingResourceName"})
 _VAULT_TAGS = tuple(
     (kw, int(tag_for_keyword(kw) or 0))
     for kw in (
@@ -409,6 +425,11 @@ class Deidentifier:
         if vr == "TM":
             return "K" if (self._full_dates or self._modified_dates) else "X"
         if vr in _TEXT_VRS:
+            kw = keyword_for_tag(tag)
+            if kw in _CODED_KEYWORDS:
+                return "K"  # controlled terminology, not free text
+            if kw in _CODE_MEANING_KEYWORDS:
+                return "S"
             return "C" if in_clean else "S"  # S: known-identifier safety net
         return "K"
 
