@@ -139,7 +139,7 @@ _QUICK_PN = (
     0x00321032,
 )
 _QUICK_ID = (0x00100020, 0x00101000, 0x00080050, 0x00200010, 0x00100021, 0x00101040, 0x00102154)
-_TOKEN_KEYWORD_PARTS = ("ID", "Number", "Address", "Telephone", "Institution")
+_TOKEN_KEYWORD_PARTS = ("ID", "Number", "Address", "Telephone", "InstitutionName")
 
 
 @dataclass(frozen=True)
