@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from pydicom._uid_dict import UID_dictionary
 from pydicom.datadict import dictionary_has_tag, dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
@@ -28,6 +27,7 @@ from pydicom.filewriter import write_dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
+from pydicom.uid import UID_dictionary
 
 from node.deid.burned import BurnedInPolicy, DeviceMask, apply_mask, burned_in_reason
 from node.deid.keyed import DeidKeys, UidMapper, date_shift_days, patient_pseudonym
@@ -54,10 +54,8 @@ EventCallback = Callable[[str, dict[str, Any]], None]
 
 _PATIENT_NAME = 0x00100010
 _PATIENT_ID = 0x00100020
-_PATIENT_AGE = 0x00101010
 _SOP_INSTANCE_UID = 0x00080018
 _STUDY_UID = 0x0020000D
-_PIXEL_DATA = 0x7FE00010
 _TEXT_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC"})
 _STRINGY_VRS = _TEXT_VRS | {"PN", "CS", "AE", "DA", "DT", "TM", "UI", "AS", "IS", "DS", "UR"}
 _DUMMY: dict[str, Any] = {
@@ -234,7 +232,11 @@ class Deidentifier:
     # ------------------------------------------------------------------ public API
 
     def deidentify(self, ds: Dataset) -> DeidResult:
-        """De-identify ``ds`` in place and return the result (or why it is blocked)."""
+        """De-identify ``ds`` in place and return the result (or why it is blocked).
+
+        A blocked instance is returned unchanged. If this raises (e.g. undecodable pixel data
+        while masking), ``ds`` may be half de-identified: discard it, never export it.
+        """
         orig_pid = fast_str(ds, _PATIENT_ID)
         orig_study = fast_str(ds, _STUDY_UID)
         identity_key = orig_pid or (
