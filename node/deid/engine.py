@@ -91,6 +91,9 @@ _CLASS_UID_KEYWORDS = frozenset(
         "TemplateExtensionCreatorUID",
     }
 )
+_NORMAL, _CLEAN, _DUMMY_MODE, _DUMMY_CODES_MODE = "", "C", "D", "DC"
+"""Walk modes: as listed / inside a cleaned sequence / inside a dummied sequence (+ its codes)."""
+_PERSON_CODE_SEQUENCES = frozenset({0x00401101})  # Person Identification Code Sequence
 # Coded-entry parts: identifiers of terms, never free text; scrubbing would corrupt the code.
 _CODED_KEYWORDS = frozenset(
     {
@@ -270,7 +273,7 @@ class Deidentifier:
 
         scrubber = self._scrubber(ds)
         ctx = _Ctx(shift_days=shift, uid_map={}, scrubber=scrubber)
-        self._walk(ds, ctx, in_clean=False, device_mask=self._overlay_mask(ds))
+        self._walk(ds, ctx, mode=_NORMAL, device_mask=self._overlay_mask(ds))
         self._set_text(ds, _PATIENT_ID, "PatientID", pseudo_pid)
         self._set_text(ds, _PATIENT_NAME, "PatientName", pseudo_pid)
         self._file_meta(ds, ctx)
@@ -390,9 +393,9 @@ class Deidentifier:
                     }
         return tokens
 
-    def _plan(self, tag: int, in_clean: bool, raw_vr: str | None) -> tuple[str, str]:
-        """(action, VR) for a public tag, cached per (tag, clean context)."""
-        key = (tag, in_clean)
+    def _plan(self, tag: int, mode: str, raw_vr: str | None) -> tuple[str, str]:
+        """(action, VR) for a public tag, cached per (tag, walk mode)."""
+        key = (tag, mode)
         plan = self._plans.get(key)
         if plan is not None:
             return plan
@@ -404,15 +407,21 @@ class Deidentifier:
             vr = raw_vr or vr.split(" or ")[0]
         action = self.profile.action_for(tag)
         if action is None:
-            action = self._unlisted_action(tag, vr, in_clean)
+            action = self._unlisted_action(tag, vr, mode)
         elif action == "U" and self._retain_uids:
             action = "K"
         plan = (action, vr)
         self._plans[key] = plan
         return plan
 
-    def _unlisted_action(self, tag: int, vr: str, in_clean: bool) -> str:
-        """A safety net for standard attributes Table E.1-1 does not list (documented)."""
+    def _unlisted_action(self, tag: int, vr: str, mode: str) -> str:
+        """A safety net for standard attributes Table E.1-1 does not list (documented).
+
+        ``mode`` is the context: inside a sequence being cleaned (C) unlisted free text is
+        scrubbed; inside one being replaced by dummy values (D) it is replaced too.
+        """
+        in_clean = mode == _CLEAN
+        dummy = mode in (_DUMMY_MODE, _DUMMY_CODES_MODE)
         if not dictionary_has_tag(tag):
             return "X"  # unknown public tag: cannot know what it holds
         if vr == "UI":
@@ -421,17 +430,23 @@ class Deidentifier:
                 return "K"
             return "M"  # map unless a well-known (dictionary) UID
         if vr == "PN":
-            return "C" if in_clean else "Z"
+            return "C" if in_clean else ("D" if dummy else "Z")
         if vr in ("DA", "DT"):
-            return "K" if self._full_dates else ("C" if self._modified_dates else "X")
+            if self._full_dates:
+                return "K"
+            return "C" if self._modified_dates else ("D" if dummy else "X")
         if vr == "TM":
             return "K" if (self._full_dates or self._modified_dates) else "X"
         if vr in _TEXT_VRS:
             kw = keyword_for_tag(tag)
+            if mode == _DUMMY_CODES_MODE:
+                return "D"  # codes that identify a person are themselves identifiers
             if kw in _CODED_KEYWORDS:
                 return "K"  # controlled terminology, not free text
             if kw in _CODE_MEANING_KEYWORDS:
                 return "S"
+            if dummy:
+                return "D"
             return "C" if in_clean else "S"  # S: known-identifier safety net
         return "K"
 
@@ -440,7 +455,7 @@ class Deidentifier:
         ds: Dataset,
         ctx: _Ctx,
         *,
-        in_clean: bool,
+        mode: str,
         device_mask: DeviceMask | None = None,
     ) -> None:
         raw = ds._dict
@@ -464,11 +479,11 @@ class Deidentifier:
                 del ds[tag]  # retired escape triplets / zonal map / variable pixel data
                 continue
             elem = raw[tag]
-            action, vr = self._plan(tag, in_clean, elem.VR)
+            action, vr = self._plan(tag, mode, elem.VR)
             if action == "K":
                 if vr == "SQ":
                     for item in ds[tag].value:
-                        self._walk(item, ctx, in_clean=in_clean)
+                        self._walk(item, ctx, mode=mode)
                 elif vr == "AS":
                     self._cap_age(ds, tag)
                 continue
@@ -479,7 +494,7 @@ class Deidentifier:
                 raw, tag, elem, action, vr, ctx
             ):
                 continue
-            self._apply(ds, tag, action, vr, ctx, in_clean)
+            self._apply(ds, tag, action, vr, ctx, mode)
         if private_tags:
             self._private(ds, private_tags, ctx)
 
@@ -548,9 +563,7 @@ class Deidentifier:
             return True
         return False
 
-    def _apply(
-        self, ds: Dataset, tag: int, action: str, vr: str, ctx: _Ctx, in_clean: bool
-    ) -> None:
+    def _apply(self, ds: Dataset, tag: int, action: str, vr: str, ctx: _Ctx, mode: str) -> None:
         if action == "X":
             del ds[tag]
             return
@@ -562,7 +575,7 @@ class Deidentifier:
         if action == "Z":
             elem.value = Sequence() if elem.VR == "SQ" else None
         elif action == "D":
-            self._dummy(elem, ctx)
+            self._dummy(elem, ctx, mode)
         elif action == "U" or action == "M":
             self._map_uids(elem, ctx, keep_known=action == "M")
         elif action == "C":
@@ -574,10 +587,16 @@ class Deidentifier:
         else:  # pragma: no cover - the table compiler only produces the actions above
             raise RuntimeError(f"unhandled action {action!r}")
 
-    def _dummy(self, elem: DataElement, ctx: _Ctx) -> None:
+    def _dummy(self, elem: DataElement, ctx: _Ctx, mode: str) -> None:
         vr = elem.VR
         if vr == "SQ":
-            elem.value = Sequence()
+            # Keep the structure (an SR stays an SR, a Type 1 sequence keeps its items); every
+            # value inside becomes a dummy through its own row or the dummy-mode safety net.
+            inner = _DUMMY_CODES_MODE if elem.tag in _PERSON_CODE_SEQUENCES else _DUMMY_MODE
+            if mode == _DUMMY_CODES_MODE:
+                inner = mode
+            for item in elem.value:
+                self._walk(item, ctx, mode=inner)
         elif vr == "UI":
             self._map_uids(elem, ctx, keep_known=False)
         elif vr in _DUMMY:
@@ -605,7 +624,7 @@ class Deidentifier:
         vr = elem.VR
         if vr == "SQ":
             for item in elem.value:
-                self._walk(item, ctx, in_clean=True)
+                self._walk(item, ctx, mode=_CLEAN)
         elif vr in ("DA", "DT"):
             self._shift(ds, elem, ctx)
         elif vr == "TM":
@@ -689,7 +708,7 @@ class Deidentifier:
                     elem = ds[tag]
                     if elem.VR == "SQ":
                         for item in elem.value:
-                            self._walk(item, ctx, in_clean=True)
+                            self._walk(item, ctx, mode=_CLEAN)
                 else:
                     del ds[tag]
         for tag in tags:
@@ -724,8 +743,6 @@ class Deidentifier:
         ):
             if kw in meta:
                 del meta[kw]
-        if "FileMetaInformationGroupLength" in meta:
-            del meta.FileMetaInformationGroupLength  # recomputed on write
 
     def _stamp(self, ds: Dataset, masked: bool) -> None:
         """Record what was done: (0012,0062/0063/0064) and (0028,0303).
