@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from node.deid import DeidKeys, Deidentifier
+from node.deid import Deidentifier, DeidKeys
 from node.deid.batch import deidentify_tree
 from tests.peers import require_tool
 from tests.phi_corpus import generate

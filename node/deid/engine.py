@@ -226,7 +226,7 @@ class Deidentifier:
             or Option.RETAIN_PATIENT_CHARACTERISTICS in self.options
             or Option.RETAIN_DEVICE_IDENTITY in self.options
         )
-        self._plans: dict[tuple[int, bool], tuple[str, str]] = {}
+        self._plans: dict[tuple[int, str], tuple[str, str]] = {}
         self._scrubbers: dict[frozenset[str], PhiScrubber] = {}
         self._token_kinds: dict[int, str] = {}
         self._stamp_cache: dict[tuple[bool, bool], list[tuple[Any, Any]]] = {}
