@@ -13,7 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 
 from node.deid.rawops import fast_str
 
@@ -25,6 +27,7 @@ __all__ = [
     "DeviceMask",
     "apply_mask",
     "burned_in_reason",
+    "mask_overlay",
 ]
 
 DEFAULT_SUSPECT_MODALITIES = frozenset({"US", "XC", "ES", "GM", "SM", "OT", "DOC"})
@@ -149,3 +152,23 @@ def apply_mask(ds: Dataset, mask: DeviceMask) -> None:
         arr, photometric, int(ds.get("BitsStored", arr.itemsize * 8)), generate_instance_uid=False
     )
     ds.BurnedInAnnotation = "NO"
+
+
+def mask_overlay(ds: Dataset, group: int, mask: DeviceMask) -> None:
+    """Blank the mask's rectangles in a packed 1-bit overlay plane (PS3.3 C.9.2)."""
+    rows = int(ds.get(Tag(group, 0x0010)).value)
+    cols = int(ds.get(Tag(group, 0x0011)).value)
+    frames = int(ds[Tag(group, 0x0015)].value) if Tag(group, 0x0015) in ds else 1
+    origin = ds[Tag(group, 0x0050)].value if Tag(group, 0x0050) in ds else [1, 1]
+    r0, c0 = int(origin[0]) - 1, int(origin[1]) - 1
+    elem = ds[Tag(group, 0x3000)]
+    n = rows * cols * frames
+    bits = np.unpackbits(np.frombuffer(elem.value, dtype=np.uint8), bitorder="little")[:n]
+    plane = bits.reshape(frames, rows, cols).copy()
+    for x, y, w, h in mask.regions:
+        ys, xs = max(0, y - r0), max(0, x - c0)
+        plane[:, ys : max(0, y + h - r0), xs : max(0, x + w - c0)] = 0
+    packed = np.packbits(plane.reshape(-1), bitorder="little").tobytes()
+    if len(packed) % 2:
+        packed += b"\x00"
+    elem.value = packed

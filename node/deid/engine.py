@@ -17,32 +17,33 @@ from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from pydicom.datadict import dictionary_has_tag, dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filereader import read_dataset
-from pydicom.filewriter import write_dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
-from pydicom.tag import Tag
 from pydicom.uid import UID_dictionary
 
-from node.deid.burned import BurnedInPolicy, DeviceMask, apply_mask, burned_in_reason
+from node.deid.burned import (
+    BurnedInPolicy,
+    DeviceMask,
+    apply_mask,
+    burned_in_reason,
+    mask_overlay,
+)
 from node.deid.keyed import DeidKeys, UidMapper, date_shift_days, patient_pseudonym
 from node.deid.options import (
-    BASIC_PROFILE_CODE,
-    CLEAN_PIXEL_DATA_CODE,
     Option,
     ProfileOptions,
     parse_options,
 )
 from node.deid.private import SafePrivateAllowList
 from node.deid.rawops import ascii_value, fast_str, with_value
-from node.deid.scrub import PhiScrubber, name_tokens
+from node.deid.scrub import PhiScrubber
+from node.deid.stamp import MethodStamp
 from node.deid.table import CompiledProfile, compile_profile
 from node.deid.temporal import cap_age, shift_multi
+from node.deid.tokens import ScrubberFactory
 from node.pseudonym import Pseudonymizer
 
 __all__ = ["DeidResult", "Deidentifier", "EventCallback"]
@@ -128,19 +129,6 @@ _VAULT_TAGS = tuple(
         "ReferringPhysicianName",
     )
 )
-_QUICK_PN = (
-    0x00100010,
-    0x00101001,
-    0x00101005,
-    0x00101060,
-    0x00080090,
-    0x00081050,
-    0x00081070,
-    0x00081060,
-    0x00321032,
-)
-_QUICK_ID = (0x00100020, 0x00101000, 0x00080050, 0x00200010, 0x00100021, 0x00101040, 0x00102154)
-_TOKEN_KEYWORD_PARTS = ("ID", "Number", "Address", "Telephone", "InstitutionName")
 
 
 @dataclass(frozen=True)
@@ -227,10 +215,8 @@ class Deidentifier:
             or Option.RETAIN_DEVICE_IDENTITY in self.options
         )
         self._plans: dict[tuple[int, str], tuple[str, str]] = {}
-        self._scrubbers: dict[frozenset[str], PhiScrubber] = {}
-        self._token_kinds: dict[int, str] = {}
-        self._stamp_cache: dict[tuple[bool, bool], list[tuple[Any, Any]]] = {}
-        self._method_values = ["BlindRead PS3.15 E.1-1 Basic Profile", *self.options.names()]
+        self._scrubbers = ScrubberFactory(full=self._clean_text)
+        self._stamp = MethodStamp(self.options)
 
     # ------------------------------------------------------------------ public API
 
@@ -271,13 +257,13 @@ class Deidentifier:
             masked = True
             self._emit("deid.masked", instance=inst_p, study=study_p, reason=reason)
 
-        scrubber = self._scrubber(ds)
+        scrubber = self._scrubbers.for_dataset(ds)
         ctx = _Ctx(shift_days=shift, uid_map={}, scrubber=scrubber)
         self._walk(ds, ctx, mode=_NORMAL, device_mask=self._overlay_mask(ds))
         self._set_text(ds, _PATIENT_ID, "PatientID", pseudo_pid)
         self._set_text(ds, _PATIENT_NAME, "PatientName", pseudo_pid)
         self._file_meta(ds, ctx)
-        self._stamp(ds, masked)
+        self._stamp.apply(ds, masked)
         if ctx.invalid_dates:
             self._emit("deid.invalid_dates_removed", instance=inst_p, count=ctx.invalid_dates)
         self._emit(
@@ -332,66 +318,6 @@ class Deidentifier:
         if self.profile.overlay_data != "C":
             return None
         return self.burned_in.mask_for(ds) if self.burned_in.masks else None
-
-    def _scrubber(self, ds: Dataset) -> PhiScrubber:
-        """The instance's scrubber; cached by token set (instances of a patient share one)."""
-        tokens = frozenset(self._collect_tokens(ds) if self._clean_text else self._quick_tokens(ds))
-        scrubber = self._scrubbers.get(tokens)
-        if scrubber is None:
-            if len(self._scrubbers) > 256:
-                self._scrubbers.clear()
-            scrubber = self._scrubbers[tokens] = PhiScrubber(tokens)
-        return scrubber
-
-    @staticmethod
-    def _quick_tokens(ds: Dataset) -> set[str]:
-        """Identifiers from the top-level patient/study attributes only (cheap)."""
-        tokens: set[str] = set()
-        for tag in _QUICK_PN:
-            if tag in ds._dict:
-                for v in fast_str(ds, tag).split("\\"):
-                    tokens |= name_tokens(v)
-        for tag in _QUICK_ID:
-            if tag in ds._dict:
-                tokens |= {v for v in fast_str(ds, tag).split("\\") if len(v.strip()) >= 3}
-        return tokens
-
-    def _collect_tokens(self, ds: Dataset, tokens: set[str] | None = None) -> set[str]:
-        """Every name, ID, address and birth date in the instance, before anything changes.
-
-        Scans the raw element dict and decodes only the elements that can hold such values
-        (cached per tag), so the cost stays far below a full ``iterall()``.
-        """
-        if tokens is None:
-            tokens = set()
-        for tag, raw in list(ds._dict.items()):
-            kind = self._token_kinds.get(tag)
-            if kind is None:
-                kind = self._token_kinds[tag] = _token_kind(tag, raw.VR)
-            if not kind:
-                continue
-            if kind == "SQ":
-                for item in ds[tag].value or ():
-                    self._collect_tokens(item, tokens)
-                continue
-            value = fast_str(ds, tag)
-            if kind == "PN":
-                for v in value.split("\\"):
-                    tokens |= name_tokens(v)
-            elif kind == "ID":
-                tokens |= {v for v in value.split("\\") if len(v.strip()) >= 3}
-            elif kind == "BD" and value:
-                d = value
-                if len(d) == 8:
-                    y, m, dd = d[:4], d[4:6], d[6:]
-                    tokens |= {
-                        d,
-                        f"{y}-{m}-{dd}",
-                        f"{dd}/{m}/{y}",
-                        f"{m}/{dd}/{y}",
-                        f"{dd}.{m}.{y}",
-                    }
-        return tokens
 
     def _plan(self, tag: int, mode: str, raw_vr: str | None) -> tuple[str, str]:
         """(action, VR) for a public tag, cached per (tag, walk mode)."""
@@ -689,7 +615,7 @@ class Deidentifier:
         elif elem.VR in _TEXT_VRS and elem.value:
             elem.value = ctx.scrubber.scrub(_as_str(elem.value))
         elif element == 0x3000 and mask is not None and elem.value:
-            _mask_overlay(ds, group, mask)
+            mask_overlay(ds, group, mask)
 
     def _private(self, ds: Dataset, tags: list[int], ctx: _Ctx) -> None:
         """Remove private elements unless the safe-private option and allow-list keep them."""
@@ -744,78 +670,6 @@ class Deidentifier:
             if kw in meta:
                 del meta[kw]
 
-    def _stamp(self, ds: Dataset, masked: bool) -> None:
-        """Record what was done: (0012,0062/0063/0064) and (0028,0303).
-
-        The four elements are the same for every instance of an option set, so for datasets
-        read from a little-endian file they are encoded once and inserted as raw elements.
-        """
-        implicit, little = ds.original_encoding
-        if implicit is None or not little:
-            self._stamp_slow(ds, masked)
-            return
-        key = (bool(implicit), masked)
-        elems = self._stamp_cache.get(key)
-        if elems is None:
-            tmp = Dataset()
-            self._stamp_slow(tmp, masked)
-            fp = DicomBytesIO()
-            fp.is_implicit_VR, fp.is_little_endian = bool(implicit), True
-            write_dataset(fp, tmp)
-            fp.seek(0)
-            decoded = read_dataset(fp, bool(implicit), True)  # type: ignore[arg-type]
-            elems = self._stamp_cache[key] = list(decoded._dict.items())
-        for tag, raw in elems:
-            ds._dict[tag] = raw
-
-    def _stamp_slow(self, ds: Dataset, masked: bool) -> None:
-        ds.PatientIdentityRemoved = "YES"
-        ds.DeidentificationMethod = self._method_values
-        codes = [BASIC_PROFILE_CODE]
-        if masked:
-            codes.append(CLEAN_PIXEL_DATA_CODE)
-        codes += [(o.code, o.meaning) for o in Option if o in self.options]
-        seq = []
-        for value, meaning in codes:
-            item = Dataset()
-            item.CodeValue = value
-            item.CodingSchemeDesignator = "DCM"
-            item.CodeMeaning = meaning
-            seq.append(item)
-        ds.DeidentificationMethodCodeSequence = seq
-        if self._full_dates:
-            ds.LongitudinalTemporalInformationModified = "UNMODIFIED"
-        elif self._modified_dates:
-            ds.LongitudinalTemporalInformationModified = "MODIFIED"
-        else:
-            ds.LongitudinalTemporalInformationModified = "REMOVED"
-
-
-def _token_kind(tag: int, raw_vr: str | None) -> str:
-    """What an element contributes to the scrubber's identifier set ('' = nothing)."""
-    if tag >> 16 & 1:
-        return ""
-    if tag == 0x00100030:
-        return "BD"
-    try:
-        vr = dictionary_VR(tag) if dictionary_has_tag(tag) else (raw_vr or "")
-    except KeyError:
-        vr = raw_vr or ""
-    if vr in ("SQ", "PN"):
-        return vr
-    if vr in ("LO", "SH", "ST", "LT") and tag >> 16 in (
-        0x0008,
-        0x0010,
-        0x0020,
-        0x0032,
-        0x0038,
-        0x0040,
-    ):
-        kw = keyword_for_tag(tag)
-        if any(p in kw for p in _TOKEN_KEYWORD_PARTS):
-            return "ID"
-    return ""
-
 
 def _values(value: Any) -> list[Any]:
     if isinstance(value, (MultiValue, list, tuple)):
@@ -829,23 +683,3 @@ def _as_str(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode("ascii", "replace")
     return "" if value is None else str(value)
-
-
-def _mask_overlay(ds: Dataset, group: int, mask: DeviceMask) -> None:
-    """Blank the mask's rectangles in a packed 1-bit overlay plane (PS3.3 C.9.2)."""
-    rows = int(ds.get(Tag(group, 0x0010)).value)
-    cols = int(ds.get(Tag(group, 0x0011)).value)
-    frames = int(ds[Tag(group, 0x0015)].value) if Tag(group, 0x0015) in ds else 1
-    origin = ds[Tag(group, 0x0050)].value if Tag(group, 0x0050) in ds else [1, 1]
-    r0, c0 = int(origin[0]) - 1, int(origin[1]) - 1
-    elem = ds[Tag(group, 0x3000)]
-    n = rows * cols * frames
-    bits = np.unpackbits(np.frombuffer(elem.value, dtype=np.uint8), bitorder="little")[:n]
-    plane = bits.reshape(frames, rows, cols).copy()
-    for x, y, w, h in mask.regions:
-        ys, xs = max(0, y - r0), max(0, x - c0)
-        plane[:, ys : max(0, y + h - r0), xs : max(0, x + w - c0)] = 0
-    packed = np.packbits(plane.reshape(-1), bitorder="little").tobytes()
-    if len(packed) % 2:
-        packed += b"\x00"
-    elem.value = packed
