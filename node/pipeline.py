@@ -263,14 +263,14 @@ class Pipeline:
                 deid = Deidentifier(
                     self.cfg.deid.options,
                     self.deid_keys,
-                    burned_in=BurnedInPolicy(rule=BurnedInRule.ENCRYPTED_ONLY),
+                    burned_in=BurnedInPolicy(rule=BurnedInRule.ALLOW),
                 )
                 deid_dir.mkdir(parents=True, exist_ok=True)
                 names: list[str] = []
                 study_pseudonym = ""
                 for n, (path, _) in enumerate(selected):
                     result = deid.deidentify(pydicom.dcmread(path))
-                    if result.dataset is None:  # cannot happen with ENCRYPTED_ONLY
+                    if result.dataset is None:  # cannot happen with ALLOW
                         raise JobError(f"de-identification refused: {result.blocked_reason}")
                     name = f"{n:05d}.dcm"
                     write_dataset_atomic(result.dataset, deid_dir / name)

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -92,7 +93,8 @@ class IdentifierVault:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if not self.path.exists():
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
-        # opened by the node at start-up, used by its job runner thread (one user at a time)
+        # One connection shared by the node's worker threads, serialized by a lock.
+        self._lock = threading.RLock()
         self._db = sqlite3.connect(
             self.path, timeout=30, isolation_level=None, check_same_thread=False
         )
@@ -165,7 +167,8 @@ class IdentifierVault:
 
     def relink(self, study_pseudonym: str) -> VaultRecord:
         """The original identifying attributes of a study; :class:`VaultError` if unknown."""
-        data = self._load(study_pseudonym)
+        with self._lock:
+            data = self._load(study_pseudonym)
         if data is None:
             raise VaultError(f"no vault entry for study {study_pseudonym}")
         return VaultRecord(data)
@@ -186,13 +189,15 @@ class IdentifierVault:
         return ds
 
     def __contains__(self, study_pseudonym: object) -> bool:
-        row = self._db.execute(
-            "SELECT 1 FROM vault WHERE study_pseudonym=?", (str(study_pseudonym),)
-        ).fetchone()
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM vault WHERE study_pseudonym=?", (str(study_pseudonym),)
+            ).fetchone()
         return row is not None
 
     def __len__(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM vault").fetchone()[0])
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM vault").fetchone()[0])
 
     # ---------------------------------------------------------------- maintenance
 
@@ -203,7 +208,8 @@ class IdentifierVault:
         cutoff = (time.time() if now is None else now) - older_than_days * 86400
         with self._tx():
             cur = self._db.execute("DELETE FROM vault WHERE updated < ?", (cutoff,))
-        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        with self._lock:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return int(cur.rowcount)
 
     def rotate_key(self, new_key: bytes) -> int:
@@ -233,17 +239,26 @@ class IdentifierVault:
         return count
 
     def _tx(self) -> _Transaction:
-        return _Transaction(self._db)
+        return _Transaction(self._db, self._lock)
 
 
 class _Transaction:
     """``BEGIN IMMEDIATE`` ... ``COMMIT``/``ROLLBACK`` (writers serialize, readers continue)."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, lock: threading.RLock) -> None:
         self._db = db
+        self._lock = lock
 
     def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
+        self._lock.acquire()
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._lock.release()
+            raise
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
-        self._db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+        try:
+            self._db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+        finally:
+            self._lock.release()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import io
 from typing import Any
@@ -298,6 +299,8 @@ def test_burned_in_blocked_with_event_and_log(caplog: pytest.LogCaptureFixture) 
         assert d.deidentify(make_ct(Modality=modality)).blocked
     assert d.deidentify(make_ct(ImageType=["DERIVED", "SECONDARY", "DOSE_INFO"])).blocked
     assert not d.deidentify(make_ct(BurnedInAnnotation="NO")).blocked
+    assert events[-1][0] == "deid.deidentified"
+    assert events[-1][1]["options"] == [] and "P123" not in repr(events)
 
 
 def test_mask_releases_matching_device_only() -> None:
@@ -321,3 +324,83 @@ def test_patient_id_without_value_gets_stable_pseudonym() -> None:
     a = d.deidentify(make_ct(PatientID="")).dataset
     b = d.deidentify(make_ct(PatientID="")).dataset
     assert a is not None and b is not None and a.PatientID == b.PatientID != ""
+
+
+# ---------------------------------------------------------------- real files (pydicom test data)
+
+
+@pytest.mark.parametrize("name", ["MR_small_bigendian.dcm", "MR_small_RLE.dcm", "CT_small.dcm"])
+def test_real_files_pixels_byte_identical_and_identity_gone(name: str) -> None:
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(name)
+    assert path is not None
+    src = pydicom.dcmread(path)
+    before = (str(src.PatientName), str(src.PatientID), src.StudyInstanceUID, bytes(src.PixelData))
+    r = Deidentifier(["retain_long_modified_dates"], KEYS).deidentify(src)
+    assert r.dataset is not None
+    buf = io.BytesIO()
+    r.dataset.save_as(buf, enforce_file_format=True)
+    out = pydicom.dcmread(io.BytesIO(buf.getvalue()))
+    assert out.file_meta.TransferSyntaxUID == src.file_meta.TransferSyntaxUID
+    assert out.PixelData == before[3]
+    assert str(out.PatientName) != before[0] and out.PatientID != before[1]
+    assert out.StudyInstanceUID == r.uid_map[before[2]]
+    assert out.DeidentificationMethodCodeSequence[1].CodeValue == "113107"
+
+
+def test_mask_on_compressed_rgb_decodes_blanks_and_stores_uncompressed() -> None:
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("SC_rgb_jpeg_dcmtk.dcm")
+    assert path is not None
+    src = pydicom.dcmread(path)
+    src.Manufacturer, src.ManufacturerModelName = "ACME", "SC1"
+    before = src.pixel_array.copy()
+    mask = DeviceMask("ACME", "SC1", 100, 100, ((10, 20, 30, 5),))
+    r = Deidentifier([], KEYS, burned_in=BurnedInPolicy(BurnedInRule.MASK, (mask,))).deidentify(src)
+    assert r.dataset is not None and r.pixels_masked
+    assert r.dataset.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    buf = io.BytesIO()
+    r.dataset.save_as(buf, enforce_file_format=True)
+    arr = pydicom.dcmread(io.BytesIO(buf.getvalue())).pixel_array
+    assert not arr[20:25, 10:40].any()
+    assert np.array_equal(arr[30:], before[30:])
+
+
+def test_allow_rule_skips_the_burned_in_check_for_encrypted_inference() -> None:
+    d = Deidentifier([], KEYS, burned_in=BurnedInPolicy(BurnedInRule.ALLOW))
+    r = d.deidentify(make_ct(Modality="US", BurnedInAnnotation="YES"))
+    assert not r.blocked and not r.pixels_masked
+
+
+@given(
+    family=st.from_regex(r"Zq[a-z]{3,8}", fullmatch=True),
+    given_name=st.from_regex(r"Xv[a-z]{2,6}", fullmatch=True),
+    pid=st.from_regex(r"[A-Z]{2}[0-9]{3,9}", fullmatch=True),
+    case=st.sampled_from([str.upper, str.lower, str.title]),
+)
+@settings(max_examples=60, deadline=None)
+def test_planted_names_and_ids_never_survive(
+    family: str, given_name: str, pid: str, case: Any
+) -> None:
+    ds = make_ct(
+        PatientName=f"{family}^{given_name}",
+        PatientID=pid,
+        OtherPatientNames=case(f"{family}^{given_name}"),
+        ReferringPhysicianName=f"{given_name}^{family}",
+        StudyDescription=f"scan of {case(family)} ({pid})",
+        ImageComments=f"{case(given_name)} {case(family)} id {pid}",
+        ProtocolName=f"protocol {case(family)}",
+    )
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator = "1", "99X"
+    code.CodeMeaning = f"for {case(given_name)}"
+    ds.ProcedureCodeSequence = [code]
+    for options in ([], ["clean_descriptors", "retain_long_modified_dates"]):
+        src = roundtrip(copy.deepcopy(ds)) if options else copy.deepcopy(ds)
+        out = Deidentifier(options, KEYS).deidentify(src).dataset
+        assert out is not None
+        text = "\n".join(str(e.value) for e in out.iterall() if e.tag != 0x7FE00010).lower()
+        for leak in (family, given_name, pid):
+            assert leak.lower() not in text, (options, leak)

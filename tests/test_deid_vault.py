@@ -155,3 +155,13 @@ def _download(orthanc: Orthanc, instances: list[dict[str, object]], sop: str) ->
     oid = next(i["ID"] for i in instances if i["MainDicomTags"]["SOPInstanceUID"] == sop)  # type: ignore[index]
     with urllib.request.urlopen(f"{orthanc.url}/instances/{oid}/file", timeout=30) as resp:
         return bytes(resp.read())
+
+
+def test_concurrent_writers_from_threads(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with IdentifierVault(tmp_path / "v.sqlite", KEY) as v:
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda i: v.store(f"st-{i % 10}", {f"k{i}": str(i)}), range(40)))
+        assert len(v) == 10
+        assert v.relink("st-3") == {f"k{i}": str(i) for i in range(3, 40, 10)}

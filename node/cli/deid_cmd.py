@@ -7,6 +7,8 @@ blocked or failed (their paths may contain names) goes to ``skipped.csv`` under 
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import sys
 from pathlib import Path
 
@@ -94,8 +96,11 @@ def _deid(args: argparse.Namespace) -> int:
         args.map_out.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_mapping_csv(args.map_out / "uid_mapping.csv", summary.uid_map)
         write_mapping_csv(args.map_out / "patient_id_mapping.csv", summary.patient_map)
-        lines = "path,reason\n" + "".join(f'"{p}",{r}\n' for p, r in summary.problems)
-        write_atomic(args.map_out / "skipped.csv", lines.encode("utf-8"), mode=0o600)
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["path", "reason"])
+        writer.writerows(summary.problems)
+        write_atomic(args.map_out / "skipped.csv", buf.getvalue().encode("utf-8"), mode=0o600)
     print(
         f"deid: files={summary.files} written={summary.written} blocked={summary.blocked} "
         f"skipped={summary.skipped} errors={summary.errors} options={','.join(options.names())}"

@@ -10,12 +10,14 @@ the Clean Pixel Data Option code recorded.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
+import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
+
+from node.deid.rawops import fast_str
 
 __all__ = [
     "DEFAULT_SUSPECT_MODALITIES",
@@ -25,6 +27,7 @@ __all__ = [
     "DeviceMask",
     "apply_mask",
     "burned_in_reason",
+    "mask_overlay",
 ]
 
 DEFAULT_SUSPECT_MODALITIES = frozenset({"US", "XC", "ES", "GM", "SM", "OT", "DOC"})
@@ -44,8 +47,12 @@ DEFAULT_SUSPECT_SOP_CLASSES = frozenset(
 )
 _DOSE_WORDS = ("DOSE", "SCREEN", "REPORT")
 
-_BURNED_IN = Tag(0x0028, 0x0301)
-_PIXEL_DATA = Tag(0x7FE0, 0x0010)
+_BURNED_IN = 0x00280301
+_PIXEL_DATA = 0x7FE00010
+_ENCAPSULATED_DOC = 0x00420011
+_MODALITY = 0x00080060
+_SOP_CLASS = 0x00080016
+_IMAGE_TYPE = 0x00080008
 
 
 class BurnedInRule(StrEnum):
@@ -55,10 +62,9 @@ class BurnedInRule(StrEnum):
     """Never export it (default)."""
     MASK = "mask"
     """Blank the regions of a matching device mask; block if no mask matches."""
-    ENCRYPTED_ONLY = "encrypted_only"
-    """Keep the pixels as they are: for the inference path, whose pixels leave the node only
-    CKKS-encrypted, so burned-in text is never readable outside the hospital. Not offered in the
-    config for de-identified exports (``deid.burned_in.policy`` is block or mask)."""
+    ALLOW = "allow"
+    """Do not check (API only, not offered in YAML): for a pipeline whose pixels never leave
+    the node in the clear, e.g. encrypted inference, where identity is re-linked anyway."""
 
 
 @dataclass(frozen=True)
@@ -107,20 +113,19 @@ def burned_in_reason(ds: Dataset, policy: BurnedInPolicy) -> str | None:
     Instances without Pixel Data (SR, KOS, RT plans...) are never suspect here; their text is
     handled by the attribute profile.
     """
-    if _PIXEL_DATA not in ds and "EncapsulatedDocument" not in ds:
+    if policy.rule is BurnedInRule.ALLOW:
         return None
-    if str(ds.get(_BURNED_IN).value if _BURNED_IN in ds else "").strip().upper() == "YES":
+    if _PIXEL_DATA not in ds._dict and _ENCAPSULATED_DOC not in ds._dict:
+        return None
+    if fast_str(ds, _BURNED_IN).upper() == "YES":
         return "burned_in_annotation_yes"
-    modality = str(ds.get("Modality", "") or "").strip().upper()
+    modality = fast_str(ds, _MODALITY).upper()
     if modality in policy.suspect_modalities:
         return f"modality_{modality.lower()}"
-    if str(ds.get("SOPClassUID", "") or "") in policy.suspect_sop_classes:
+    if fast_str(ds, _SOP_CLASS) in policy.suspect_sop_classes:
         return "sop_class_usually_burned_in"
-    image_type = ds.get("ImageType")
-    words: Iterable[str] = image_type if isinstance(image_type, Iterable) else ()
-    if isinstance(image_type, str):
-        words = [image_type]
-    if any(any(w in str(v).upper() for w in _DOSE_WORDS) for v in words):
+    image_type = fast_str(ds, _IMAGE_TYPE).upper()
+    if any(w in image_type for w in _DOSE_WORDS):
         return "dose_or_screen_capture"
     return None
 
@@ -147,3 +152,23 @@ def apply_mask(ds: Dataset, mask: DeviceMask) -> None:
         arr, photometric, int(ds.get("BitsStored", arr.itemsize * 8)), generate_instance_uid=False
     )
     ds.BurnedInAnnotation = "NO"
+
+
+def mask_overlay(ds: Dataset, group: int, mask: DeviceMask) -> None:
+    """Blank the mask's rectangles in a packed 1-bit overlay plane (PS3.3 C.9.2)."""
+    rows = int(ds.get(Tag(group, 0x0010)).value)
+    cols = int(ds.get(Tag(group, 0x0011)).value)
+    frames = int(ds[Tag(group, 0x0015)].value) if Tag(group, 0x0015) in ds else 1
+    origin = ds[Tag(group, 0x0050)].value if Tag(group, 0x0050) in ds else [1, 1]
+    r0, c0 = int(origin[0]) - 1, int(origin[1]) - 1
+    elem = ds[Tag(group, 0x3000)]
+    n = rows * cols * frames
+    bits = np.unpackbits(np.frombuffer(elem.value, dtype=np.uint8), bitorder="little")[:n]
+    plane = bits.reshape(frames, rows, cols).copy()
+    for x, y, w, h in mask.regions:
+        ys, xs = max(0, y - r0), max(0, x - c0)
+        plane[:, ys : max(0, y + h - r0), xs : max(0, x + w - c0)] = 0
+    packed = np.packbits(plane.reshape(-1), bitorder="little").tobytes()
+    if len(packed) % 2:
+        packed += b"\x00"
+    elem.value = packed

@@ -13,38 +13,37 @@ and Pixel Data are written back byte for byte.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-from pydicom._uid_dict import UID_dictionary
-from pydicom.datadict import dictionary_has_tag, dictionary_VR, keyword_for_tag
-from pydicom.dataelem import DataElement
+from pydicom.datadict import dictionary_has_tag, dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
-from pydicom.tag import Tag
+from pydicom.uid import UID_dictionary
 
 from node.deid.burned import (
     BurnedInPolicy,
-    BurnedInRule,
     DeviceMask,
     apply_mask,
     burned_in_reason,
+    mask_overlay,
 )
 from node.deid.keyed import DeidKeys, UidMapper, date_shift_days, patient_pseudonym
 from node.deid.options import (
-    BASIC_PROFILE_CODE,
-    CLEAN_PIXEL_DATA_CODE,
     Option,
     ProfileOptions,
     parse_options,
 )
 from node.deid.private import SafePrivateAllowList
-from node.deid.scrub import PhiScrubber, name_tokens
+from node.deid.rawops import ascii_value, fast_str, with_value
+from node.deid.scrub import PhiScrubber
+from node.deid.stamp import MethodStamp
 from node.deid.table import CompiledProfile, compile_profile
 from node.deid.temporal import cap_age, shift_multi
+from node.deid.tokens import ScrubberFactory
 from node.pseudonym import Pseudonymizer
 
 __all__ = ["DeidResult", "Deidentifier", "EventCallback"]
@@ -56,9 +55,8 @@ EventCallback = Callable[[str, dict[str, Any]], None]
 
 _PATIENT_NAME = 0x00100010
 _PATIENT_ID = 0x00100020
-_PATIENT_AGE = 0x00101010
 _SOP_INSTANCE_UID = 0x00080018
-_PIXEL_DATA = 0x7FE00010
+_STUDY_UID = 0x0020000D
 _TEXT_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC"})
 _STRINGY_VRS = _TEXT_VRS | {"PN", "CS", "AE", "DA", "DT", "TM", "UI", "AS", "IS", "DS", "UR"}
 _DUMMY: dict[str, Any] = {
@@ -94,34 +92,43 @@ _CLASS_UID_KEYWORDS = frozenset(
         "TemplateExtensionCreatorUID",
     }
 )
-_VAULT_KEYWORDS = (
-    "PatientID",
-    "PatientName",
-    "PatientBirthDate",
-    "PatientSex",
-    "IssuerOfPatientID",
-    "OtherPatientIDs",
-    "AccessionNumber",
-    "StudyInstanceUID",
-    "StudyID",
-    "StudyDate",
-    "StudyTime",
-    "StudyDescription",
-    "ReferringPhysicianName",
+_NORMAL, _CLEAN, _DUMMY_MODE, _DUMMY_CODES_MODE = "", "C", "D", "DC"
+"""Walk modes: as listed / inside a cleaned sequence / inside a dummied sequence (+ its codes)."""
+_PERSON_CODE_SEQUENCES = frozenset({0x00401101})  # Person Identification Code Sequence
+# Coded-entry parts: identifiers of terms, never free text; scrubbing would corrupt the code.
+_CODED_KEYWORDS = frozenset(
+    {
+        "CodeValue",
+        "LongCodeValue",
+        "URNCodeValue",
+        "CodingSchemeDesignator",
+        "CodingSchemeVersion",
+        "ContextIdentifier",
+        "MappingResource",
+        "TemplateIdentifier",
+        "EquivalentCodeSequence",
+    }
 )
-_QUICK_PN = (
-    0x00100010,
-    0x00101001,
-    0x00101005,
-    0x00101060,
-    0x00080090,
-    0x00081050,
-    0x00081070,
-    0x00081060,
-    0x00321032,
+# Code meanings come from terminologies; only the instance's own identifiers are removed.
+_CODE_MEANING_KEYWORDS = frozenset({"CodeMeaning", "MappingResourceName"})
+_VAULT_TAGS = tuple(
+    (kw, int(tag_for_keyword(kw) or 0))
+    for kw in (
+        "PatientID",
+        "PatientName",
+        "PatientBirthDate",
+        "PatientSex",
+        "IssuerOfPatientID",
+        "OtherPatientIDs",
+        "AccessionNumber",
+        "StudyInstanceUID",
+        "StudyID",
+        "StudyDate",
+        "StudyTime",
+        "StudyDescription",
+        "ReferringPhysicianName",
+    )
 )
-_QUICK_ID = (0x00100020, 0x00101000, 0x00080050, 0x00200010, 0x00100021, 0x00101040, 0x00102154)
-_TOKEN_KEYWORD_PARTS = ("ID", "Number", "Address", "Telephone", "Institution")
 
 
 @dataclass(frozen=True)
@@ -207,29 +214,32 @@ class Deidentifier:
             or Option.RETAIN_PATIENT_CHARACTERISTICS in self.options
             or Option.RETAIN_DEVICE_IDENTITY in self.options
         )
-        self._plans: dict[tuple[int, bool], tuple[str, str]] = {}
-        self._scrubbers: dict[frozenset[str], PhiScrubber] = {}
-        self._token_kinds: dict[int, str] = {}
-        self._method_values = ["BlindRead PS3.15 E.1-1 Basic Profile", *self.options.names()]
+        self._plans: dict[tuple[int, str], tuple[str, str]] = {}
+        self._scrubbers = ScrubberFactory(full=self._clean_text)
+        self._stamp = MethodStamp(self.options)
 
     # ------------------------------------------------------------------ public API
 
     def deidentify(self, ds: Dataset) -> DeidResult:
-        """De-identify ``ds`` in place and return the result (or why it is blocked)."""
-        orig_pid = str(ds.get("PatientID", "") or "").strip()
-        orig_study = str(ds.get("StudyInstanceUID", "") or "")
+        """De-identify ``ds`` in place and return the result (or why it is blocked).
+
+        A blocked instance is returned unchanged. If this raises (e.g. undecodable pixel data
+        while masking), ``ds`` may be half de-identified: discard it, never export it.
+        """
+        orig_pid = fast_str(ds, _PATIENT_ID)
+        orig_study = fast_str(ds, _STUDY_UID)
         identity_key = orig_pid or (
-            f"{ds.get('PatientName', '')}|{ds.get('PatientBirthDate', '')}|{orig_study}"
+            f"{fast_str(ds, _PATIENT_NAME)}|{fast_str(ds, 0x00100030)}|{orig_study}"
         )
         pseudo_pid = patient_pseudonym(self.keys.hmac_key, identity_key)
         study_p = self._pseudo.study(orig_study)
-        inst_p = self._pseudo.instance(str(ds.get("SOPInstanceUID", "") or ""))
+        inst_p = self._pseudo.instance(fast_str(ds, _SOP_INSTANCE_UID))
         shift = date_shift_days(self.keys.date_key, identity_key) if self._modified_dates else None
         identifiers = self._identifiers(ds)
 
         masked = False
         reason = burned_in_reason(ds, self.burned_in)
-        if reason is not None and self.burned_in.rule is not BurnedInRule.ENCRYPTED_ONLY:
+        if reason is not None:
             mask = self.burned_in.mask_for(ds)
             if mask is None:
                 log.warning(
@@ -247,17 +257,23 @@ class Deidentifier:
             masked = True
             self._emit("deid.masked", instance=inst_p, study=study_p, reason=reason)
 
-        scrubber = self._scrubber(ds)
+        scrubber = self._scrubbers.for_dataset(ds)
         ctx = _Ctx(shift_days=shift, uid_map={}, scrubber=scrubber)
-        self._walk(ds, ctx, in_clean=False, device_mask=self._overlay_mask(ds))
-        if _PATIENT_ID in ds or orig_pid:
-            ds.PatientID = pseudo_pid
-        ds.PatientName = pseudo_pid
+        self._walk(ds, ctx, mode=_NORMAL, device_mask=self._overlay_mask(ds))
+        self._set_text(ds, _PATIENT_ID, "PatientID", pseudo_pid)
+        self._set_text(ds, _PATIENT_NAME, "PatientName", pseudo_pid)
         self._file_meta(ds, ctx)
-        self._stamp(ds, masked)
+        self._stamp.apply(ds, masked)
         if ctx.invalid_dates:
             self._emit("deid.invalid_dates_removed", instance=inst_p, count=ctx.invalid_dates)
-        identifiers["DeidStudyInstanceUID"] = str(ds.get("StudyInstanceUID", "") or "")
+        self._emit(
+            "deid.deidentified",
+            instance=inst_p,
+            study=study_p,
+            options=list(self.options.names()),
+            pixels_masked=masked,
+        )
+        identifiers["DeidStudyInstanceUID"] = fast_str(ds, _STUDY_UID)
         identifiers["PatientPseudonym"] = pseudo_pid
         return DeidResult(
             dataset=ds,
@@ -284,11 +300,16 @@ class Deidentifier:
 
     @staticmethod
     def _identifiers(ds: Dataset) -> dict[str, str]:
-        out = {}
-        for kw in _VAULT_KEYWORDS:
-            if kw in ds:
-                out[kw] = _as_str(ds[kw].value)
-        return out
+        return {kw: fast_str(ds, tag) for kw, tag in _VAULT_TAGS if tag in ds._dict}
+
+    @staticmethod
+    def _set_text(ds: Dataset, tag: int, keyword: str, text: str) -> None:
+        """Set an ASCII value, as a raw element when the dataset came from a file."""
+        elem = ds._dict.get(tag)  # type: ignore[call-overload]
+        if isinstance(elem, RawDataElement):
+            ds._dict[tag] = with_value(elem, text)  # type: ignore[index]
+        else:
+            setattr(ds, keyword, text)
 
     def _mask(self, ds: Dataset, mask: DeviceMask) -> None:
         apply_mask(ds, mask)
@@ -298,68 +319,9 @@ class Deidentifier:
             return None
         return self.burned_in.mask_for(ds) if self.burned_in.masks else None
 
-    def _scrubber(self, ds: Dataset) -> PhiScrubber:
-        """The instance's scrubber; cached by token set (instances of a patient share one)."""
-        tokens = frozenset(self._collect_tokens(ds) if self._clean_text else self._quick_tokens(ds))
-        scrubber = self._scrubbers.get(tokens)
-        if scrubber is None:
-            if len(self._scrubbers) > 256:
-                self._scrubbers.clear()
-            scrubber = self._scrubbers[tokens] = PhiScrubber(tokens)
-        return scrubber
-
-    @staticmethod
-    def _quick_tokens(ds: Dataset) -> set[str]:
-        """Identifiers from the top-level patient/study attributes only (cheap)."""
-        tokens: set[str] = set()
-        for tag in _QUICK_PN:
-            if tag in ds._dict:
-                for v in _values(ds[tag].value):
-                    tokens |= name_tokens(str(v))
-        for tag in _QUICK_ID:
-            if tag in ds._dict:
-                tokens |= {str(v) for v in _values(ds[tag].value) if len(str(v).strip()) >= 3}
-        return tokens
-
-    def _collect_tokens(self, ds: Dataset, tokens: set[str] | None = None) -> set[str]:
-        """Every name, ID, address and birth date in the instance, before anything changes.
-
-        Scans the raw element dict and decodes only the elements that can hold such values
-        (cached per tag), so the cost stays far below a full ``iterall()``.
-        """
-        if tokens is None:
-            tokens = set()
-        for tag, raw in list(ds._dict.items()):
-            kind = self._token_kinds.get(tag)
-            if kind is None:
-                kind = self._token_kinds[tag] = _token_kind(tag, raw.VR)
-            if not kind:
-                continue
-            value = ds[tag].value
-            if kind == "SQ":
-                for item in value or ():
-                    self._collect_tokens(item, tokens)
-            elif kind == "PN":
-                for v in _values(value):
-                    tokens |= name_tokens(str(v))
-            elif kind == "ID":
-                tokens |= {str(v) for v in _values(value) if len(str(v).strip()) >= 3}
-            elif kind == "BD" and value:
-                d = str(value)
-                if len(d) == 8:
-                    y, m, dd = d[:4], d[4:6], d[6:]
-                    tokens |= {
-                        d,
-                        f"{y}-{m}-{dd}",
-                        f"{dd}/{m}/{y}",
-                        f"{m}/{dd}/{y}",
-                        f"{dd}.{m}.{y}",
-                    }
-        return tokens
-
-    def _plan(self, tag: int, in_clean: bool, raw_vr: str | None) -> tuple[str, str]:
-        """(action, VR) for a public tag, cached per (tag, clean context)."""
-        key = (tag, in_clean)
+    def _plan(self, tag: int, mode: str, raw_vr: str | None) -> tuple[str, str]:
+        """(action, VR) for a public tag, cached per (tag, walk mode)."""
+        key = (tag, mode)
         plan = self._plans.get(key)
         if plan is not None:
             return plan
@@ -371,15 +333,21 @@ class Deidentifier:
             vr = raw_vr or vr.split(" or ")[0]
         action = self.profile.action_for(tag)
         if action is None:
-            action = self._unlisted_action(tag, vr, in_clean)
+            action = self._unlisted_action(tag, vr, mode)
         elif action == "U" and self._retain_uids:
             action = "K"
         plan = (action, vr)
         self._plans[key] = plan
         return plan
 
-    def _unlisted_action(self, tag: int, vr: str, in_clean: bool) -> str:
-        """A safety net for standard attributes Table E.1-1 does not list (documented)."""
+    def _unlisted_action(self, tag: int, vr: str, mode: str) -> str:
+        """A safety net for standard attributes Table E.1-1 does not list (documented).
+
+        ``mode`` is the context: inside a sequence being cleaned (C) unlisted free text is
+        scrubbed; inside one being replaced by dummy values (D) it is replaced too.
+        """
+        in_clean = mode == _CLEAN
+        dummy = mode in (_DUMMY_MODE, _DUMMY_CODES_MODE)
         if not dictionary_has_tag(tag):
             return "X"  # unknown public tag: cannot know what it holds
         if vr == "UI":
@@ -388,12 +356,23 @@ class Deidentifier:
                 return "K"
             return "M"  # map unless a well-known (dictionary) UID
         if vr == "PN":
-            return "C" if in_clean else "Z"
+            return "C" if in_clean else ("D" if dummy else "Z")
         if vr in ("DA", "DT"):
-            return "K" if self._full_dates else ("C" if self._modified_dates else "X")
+            if self._full_dates:
+                return "K"
+            return "C" if self._modified_dates else ("D" if dummy else "X")
         if vr == "TM":
             return "K" if (self._full_dates or self._modified_dates) else "X"
         if vr in _TEXT_VRS:
+            kw = keyword_for_tag(tag)
+            if mode == _DUMMY_CODES_MODE:
+                return "D"  # codes that identify a person are themselves identifiers
+            if kw in _CODED_KEYWORDS:
+                return "K"  # controlled terminology, not free text
+            if kw in _CODE_MEANING_KEYWORDS:
+                return "S"
+            if dummy:
+                return "D"
             return "C" if in_clean else "S"  # S: known-identifier safety net
         return "K"
 
@@ -402,7 +381,7 @@ class Deidentifier:
         ds: Dataset,
         ctx: _Ctx,
         *,
-        in_clean: bool,
+        mode: str,
         device_mask: DeviceMask | None = None,
     ) -> None:
         raw = ds._dict
@@ -426,21 +405,91 @@ class Deidentifier:
                 del ds[tag]  # retired escape triplets / zonal map / variable pixel data
                 continue
             elem = raw[tag]
-            action, vr = self._plan(tag, in_clean, elem.VR)
+            action, vr = self._plan(tag, mode, elem.VR)
             if action == "K":
                 if vr == "SQ":
                     for item in ds[tag].value:
-                        self._walk(item, ctx, in_clean=in_clean)
+                        self._walk(item, ctx, mode=mode)
                 elif vr == "AS":
                     self._cap_age(ds, tag)
                 continue
-            self._apply(ds, tag, action, vr, ctx, in_clean)
+            if action == "X":
+                del raw[tag]
+                continue
+            if isinstance(elem, RawDataElement) and self._raw_apply(
+                raw, tag, elem, action, vr, ctx
+            ):
+                continue
+            self._apply(ds, tag, action, vr, ctx, mode)
         if private_tags:
             self._private(ds, private_tags, ctx)
 
-    def _apply(
-        self, ds: Dataset, tag: int, action: str, vr: str, ctx: _Ctx, in_clean: bool
-    ) -> None:
+    def _raw_apply(
+        self,
+        raw: MutableMapping[Any, Any],
+        tag: int,
+        elem: RawDataElement,
+        action: str,
+        vr: str,
+        ctx: _Ctx,
+    ) -> bool:
+        """Apply ``action`` on undecoded bytes; False means "use the decoding path"."""
+        if action == "Z":
+            raw[tag] = elem._replace(value=b"", length=0)
+            return True
+        if vr == "SQ":
+            return False
+        text = ascii_value(elem)
+        if text is None:
+            return False
+        stripped = text.strip(" \x00")
+        if not stripped:
+            return True  # empty stays empty whatever the action
+        if tag == _PATIENT_ID:
+            raw[tag] = with_value(elem, patient_pseudonym(self.keys.hmac_key, stripped))
+            return True
+        new: str | None
+        if vr == "UI" and action in ("U", "M", "D", "C"):
+            if self._retain_uids:
+                return True
+            out = []
+            for uid in stripped.split("\\"):
+                uid = uid.strip(" \x00")
+                if not uid or (action in ("M", "C") and uid in UID_dictionary):
+                    out.append(uid)
+                    continue
+                mapped = self._uids(uid)
+                ctx.uid_map[uid] = mapped
+                out.append(mapped)
+            raw[tag] = with_value(elem, "\\".join(out), b"\x00")
+            return True
+        if action == "D":
+            if vr not in _DUMMY:
+                return False
+            raw[tag] = with_value(elem, _DUMMY[vr])
+            return True
+        if action == "C" and vr in ("DA", "DT"):
+            if ctx.shift_days is None:
+                del raw[tag]
+                return True
+            new = shift_multi(stripped, ctx.shift_days, vr)
+            if new is None:
+                ctx.invalid_dates += 1
+                new = ""
+            raw[tag] = with_value(elem, new)
+            return True
+        if action == "C" and vr == "TM":
+            return True
+        if vr in _TEXT_VRS and action in ("S", "C"):
+            scrub = ctx.scrubber.scrub_known if action == "S" else ctx.scrubber.scrub
+            old = text.rstrip(" \x00")
+            new = scrub(old)
+            if new != old:
+                raw[tag] = with_value(elem, new)
+            return True
+        return False
+
+    def _apply(self, ds: Dataset, tag: int, action: str, vr: str, ctx: _Ctx, mode: str) -> None:
         if action == "X":
             del ds[tag]
             return
@@ -452,7 +501,7 @@ class Deidentifier:
         if action == "Z":
             elem.value = Sequence() if elem.VR == "SQ" else None
         elif action == "D":
-            self._dummy(elem, ctx)
+            self._dummy(elem, ctx, mode)
         elif action == "U" or action == "M":
             self._map_uids(elem, ctx, keep_known=action == "M")
         elif action == "C":
@@ -464,10 +513,16 @@ class Deidentifier:
         else:  # pragma: no cover - the table compiler only produces the actions above
             raise RuntimeError(f"unhandled action {action!r}")
 
-    def _dummy(self, elem: DataElement, ctx: _Ctx) -> None:
+    def _dummy(self, elem: DataElement, ctx: _Ctx, mode: str) -> None:
         vr = elem.VR
         if vr == "SQ":
-            elem.value = Sequence()
+            # Keep the structure (an SR stays an SR, a Type 1 sequence keeps its items); every
+            # value inside becomes a dummy through its own row or the dummy-mode safety net.
+            inner = _DUMMY_CODES_MODE if elem.tag in _PERSON_CODE_SEQUENCES else _DUMMY_MODE
+            if mode == _DUMMY_CODES_MODE:
+                inner = mode
+            for item in elem.value:
+                self._walk(item, ctx, mode=inner)
         elif vr == "UI":
             self._map_uids(elem, ctx, keep_known=False)
         elif vr in _DUMMY:
@@ -495,7 +550,7 @@ class Deidentifier:
         vr = elem.VR
         if vr == "SQ":
             for item in elem.value:
-                self._walk(item, ctx, in_clean=True)
+                self._walk(item, ctx, mode=_CLEAN)
         elif vr in ("DA", "DT"):
             self._shift(ds, elem, ctx)
         elif vr == "TM":
@@ -560,7 +615,7 @@ class Deidentifier:
         elif elem.VR in _TEXT_VRS and elem.value:
             elem.value = ctx.scrubber.scrub(_as_str(elem.value))
         elif element == 0x3000 and mask is not None and elem.value:
-            _mask_overlay(ds, group, mask)
+            mask_overlay(ds, group, mask)
 
     def _private(self, ds: Dataset, tags: list[int], ctx: _Ctx) -> None:
         """Remove private elements unless the safe-private option and allow-list keep them."""
@@ -579,7 +634,7 @@ class Deidentifier:
                     elem = ds[tag]
                     if elem.VR == "SQ":
                         for item in elem.value:
-                            self._walk(item, ctx, in_clean=True)
+                            self._walk(item, ctx, mode=_CLEAN)
                 else:
                     del ds[tag]
         for tag in tags:
@@ -614,57 +669,6 @@ class Deidentifier:
         ):
             if kw in meta:
                 del meta[kw]
-        if "FileMetaInformationGroupLength" in meta:
-            del meta.FileMetaInformationGroupLength  # recomputed on write
-
-    def _stamp(self, ds: Dataset, masked: bool) -> None:
-        """Record what was done: (0012,0062/0063/0064) and (0028,0303)."""
-        ds.PatientIdentityRemoved = "YES"
-        ds.DeidentificationMethod = self._method_values
-        codes = [BASIC_PROFILE_CODE]
-        if masked:
-            codes.append(CLEAN_PIXEL_DATA_CODE)
-        codes += [(o.code, o.meaning) for o in Option if o in self.options]
-        seq = []
-        for value, meaning in codes:
-            item = Dataset()
-            item.CodeValue = value
-            item.CodingSchemeDesignator = "DCM"
-            item.CodeMeaning = meaning
-            seq.append(item)
-        ds.DeidentificationMethodCodeSequence = seq
-        if self._full_dates:
-            ds.LongitudinalTemporalInformationModified = "UNMODIFIED"
-        elif self._modified_dates:
-            ds.LongitudinalTemporalInformationModified = "MODIFIED"
-        else:
-            ds.LongitudinalTemporalInformationModified = "REMOVED"
-
-
-def _token_kind(tag: int, raw_vr: str | None) -> str:
-    """What an element contributes to the scrubber's identifier set ('' = nothing)."""
-    if tag >> 16 & 1:
-        return ""
-    if tag == 0x00100030:
-        return "BD"
-    try:
-        vr = dictionary_VR(tag) if dictionary_has_tag(tag) else (raw_vr or "")
-    except KeyError:
-        vr = raw_vr or ""
-    if vr in ("SQ", "PN"):
-        return vr
-    if vr in ("LO", "SH", "ST", "LT") and tag >> 16 in (
-        0x0008,
-        0x0010,
-        0x0020,
-        0x0032,
-        0x0038,
-        0x0040,
-    ):
-        kw = keyword_for_tag(tag)
-        if any(p in kw for p in _TOKEN_KEYWORD_PARTS):
-            return "ID"
-    return ""
 
 
 def _values(value: Any) -> list[Any]:
@@ -679,23 +683,3 @@ def _as_str(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode("ascii", "replace")
     return "" if value is None else str(value)
-
-
-def _mask_overlay(ds: Dataset, group: int, mask: DeviceMask) -> None:
-    """Blank the mask's rectangles in a packed 1-bit overlay plane (PS3.3 C.9.2)."""
-    rows = int(ds.get(Tag(group, 0x0010)).value)
-    cols = int(ds.get(Tag(group, 0x0011)).value)
-    frames = int(ds[Tag(group, 0x0015)].value) if Tag(group, 0x0015) in ds else 1
-    origin = ds[Tag(group, 0x0050)].value if Tag(group, 0x0050) in ds else [1, 1]
-    r0, c0 = int(origin[0]) - 1, int(origin[1]) - 1
-    elem = ds[Tag(group, 0x3000)]
-    n = rows * cols * frames
-    bits = np.unpackbits(np.frombuffer(elem.value, dtype=np.uint8), bitorder="little")[:n]
-    plane = bits.reshape(frames, rows, cols).copy()
-    for x, y, w, h in mask.regions:
-        ys, xs = max(0, y - r0), max(0, x - c0)
-        plane[:, ys : max(0, y + h - r0), xs : max(0, x + w - c0)] = 0
-    packed = np.packbits(plane.reshape(-1), bitorder="little").tobytes()
-    if len(packed) % 2:
-        packed += b"\x00"
-    elem.value = packed

@@ -14,7 +14,9 @@ Resolution of a row
    ``stdCompIOD`` column (whether the attribute is used by any standard composite IOD): if it
    is, keep the attribute present with the least revealing value (``X/Z``->Z, ``X/D``->D,
    ``X/Z/D``->Z, ``Z/D``->D, ``X/Z/U*``->keep the sequence with its UIDs replaced);
-   otherwise remove it (or ``Z`` for ``Z/D``).
+   otherwise remove it (or ``Z`` for ``Z/D``). Sequences are the exception: most are Type 3,
+   where an empty sequence is itself non-conformant, so combined codes remove them unless the
+   sequence is known to be Type 2 (Acquisition Context Sequence).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
+
+from pydicom.datadict import dictionary_has_tag, dictionary_VR
 
 from node.deid.options import Option, ProfileOptions
 
@@ -64,9 +68,22 @@ def table_rows() -> tuple[dict[str, Any], ...]:
     return tuple(rows)
 
 
-def _resolve_combined(code: str, in_std_iod: bool) -> str:
+# Sequences that are Type 2 where they occur (an empty value is conformant, absence is not).
+# Every other sequence with a combined code is Type 3 in its modules: an empty (Z) value would
+# be a conformance error (dciodvfy: "number of Items = 0"), so it is removed instead.
+_TYPE2_SEQUENCES = frozenset({0x00400555})  # Acquisition Context Sequence
+
+
+def _resolve_combined(code: str, in_std_iod: bool, tag: int | None = None) -> str:
     if code in ACTIONS:
         return code
+    if (
+        tag is not None
+        and code in ("X/Z", "X/Z/D", "X/D")
+        and _is_sequence(tag)
+        and tag not in _TYPE2_SEQUENCES
+    ):
+        return "X"
     combined = {
         "X/Z": "Z",
         "X/D": "D",
@@ -81,12 +98,18 @@ def _resolve_combined(code: str, in_std_iod: bool) -> str:
     return "Z" if code == "Z/D" else "X"
 
 
+def _is_sequence(tag: int) -> bool:
+    return bool(dictionary_has_tag(tag) and dictionary_VR(tag) == "SQ")
+
+
 def _row_action(row: dict[str, Any], options: ProfileOptions) -> str:
     code = str(row["basicProfile"])
     for opt in (*_CLEAN_FIRST, *_RETAIN_LAST):
         if opt in options and row.get(opt.column):
             code = str(row[opt.column])
-    return _resolve_combined(code, row.get("stdCompIOD") == "Y")
+    row_id = str(row["id"]).lower()
+    tag = int(row_id, 16) if len(row_id) == 8 and "x" not in row_id else None
+    return _resolve_combined(code, row.get("stdCompIOD") == "Y", tag)
 
 
 @dataclass(frozen=True)
