@@ -68,7 +68,7 @@ def test_orthanc_push_to_sr_in_same_study(
         *[str(ds.SOPInstanceUID).encode() for ds in study],
     ]
 
-    with Stack(tmp_path, quiet_seconds=1.5, pacs="orthanc") as stack:
+    with Stack(tmp_path, quiet_seconds=3.0, pacs="orthanc") as stack:
         pacs = stack.pacs
         assert pacs is not None and hasattr(pacs, "upload")
         for ds in study:
