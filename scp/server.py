@@ -13,10 +13,11 @@ from io import BytesIO
 from typing import Any
 
 from pydicom import dcmread
-from pydicom.errors import InvalidDicomError
+from pydicom.filereader import _read_file_meta_info, data_element_generator, read_preamble
 from pydicom.uid import (
     HTJ2K,
     JPEG2000,
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -69,6 +70,26 @@ ACCEPTED_TRANSFER_SYNTAXES = [
 """Stored as sent, never transcoded."""
 
 
+def _check_structure(data: bytes) -> None:
+    """Walk the top-level elements; raise ``ValueError`` on a truncated value or trailing bytes.
+
+    pydicom's reader is deliberately tolerant (it returns a short value for a truncated
+    element and only warns); an SCP must not acknowledge such a dataset.
+    """
+    fp = BytesIO(data)
+    read_preamble(fp, False)
+    meta = _read_file_meta_info(fp)
+    ts = UID(str(meta.get("TransferSyntaxUID", ExplicitVRLittleEndian)))
+    if ts.is_deflated:  # inflated and parsed by dcmread below
+        return
+    for raw in data_element_generator(fp, ts.is_implicit_VR, ts.is_little_endian):
+        length = getattr(raw, "length", None)  # sequences come back parsed, without length
+        if length is not None and length != 0xFFFFFFFF and len(raw.value or b"") != length:
+            raise ValueError("truncated element value")
+    if fp.tell() != len(data):
+        raise ValueError("trailing bytes after the dataset")
+
+
 def validate(data: bytes, affected_sop_uid: str) -> tuple[str, str, str]:
     """Parse the DICOM file bytes; return (study, series, SOP instance UID) or raise.
 
@@ -76,12 +97,11 @@ def validate(data: bytes, affected_sop_uid: str) -> tuple[str, str, str]:
     garbled encodings before they reach the spool.
     """
     try:
+        _check_structure(data)
         ds = dcmread(BytesIO(data))
         study = str(ds.get("StudyInstanceUID", "") or "")
         series = str(ds.get("SeriesInstanceUID", "") or "")
         sop = str(ds.get("SOPInstanceUID", "") or "")
-    except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OSError) as exc:
-        raise InvalidInstanceError(status.CANNOT_DECODE, type(exc).__name__) from None
     except Exception as exc:  # pydicom raises many types on garbage
         raise InvalidInstanceError(status.CANNOT_DECODE, type(exc).__name__) from None
     if not study.strip():
