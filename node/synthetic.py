@@ -6,6 +6,7 @@ files are realistic enough for any peer (dcmtk, Orthanc) yet contain nothing rea
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +32,8 @@ def synthetic_ct_study(n: int, size: int = 64, seed: int = 0) -> list[Dataset]:
     study, series = generate_uid(), generate_uid()
     out = []
     for i in range(n):
-        ds = base.copy()
-        ds.file_meta = FileMetaDataset(base.file_meta)
+        ds = copy.deepcopy(base)
+        ds.file_meta = FileMetaDataset(copy.deepcopy(base.file_meta))
         ds.PatientName = "SYNTHETIC^PATIENT"
         ds.PatientID = f"SYN{seed:06d}"
         ds.AccessionNumber = f"ACC{seed:06d}"
