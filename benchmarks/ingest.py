@@ -31,7 +31,10 @@ def send(storescu: str, aet: str, port: int, indir: Path) -> float:
     t0 = time.perf_counter()
     subprocess.run(
         [storescu, "-aet", "BENCH", "-aec", aet, "+sd", "127.0.0.1", str(port), str(indir)],
-        env=peer_env(), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=peer_env(),
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     return time.perf_counter() - t0
 
@@ -86,8 +89,8 @@ def main() -> int:
 
     ours = results["BlindRead SCP (fsync on)"]
     print(f"\n{n} instances, {mb:.0f} MB, one storescu association, TCP_NODELAY=1\n")
-    print(f"| receiver                  | instances/s | ours / this |")
-    print(f"|---------------------------|------------:|------------:|")
+    print("| receiver                  | instances/s | ours / this |")
+    print("|---------------------------|------------:|------------:|")
     for name, rate in results.items():
         print(f"| {name:<25} | {rate:>11.1f} | {ours / rate:>11.2f} |")
     floor_ok = ours >= 0.8 * results["dcmtk storescp (disk)"] and ours >= results["Orthanc 1.x"]

@@ -56,7 +56,8 @@ class DemoReceiver:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
+        if self.server is not None:
+            self.server.shutdown()
 
 
 def demo_config(state: Path, receiver_port: int) -> NodeConfig:
@@ -101,14 +102,20 @@ def main() -> int:
         print()
         print("BlindRead demo summary")
         print(f"  instances sent by the modality : {sent}")
-        print(f"  jobs                           : " + ", ".join(
-            f"#{j.id} {j.state} study={j.study} files={len(j.files)}" for j in jobs))
+        print(
+            "  jobs                           : "
+            + ", ".join(f"#{j.id} {j.state} study={j.study} files={len(j.files)}" for j in jobs)
+        )
         if pacs.received:
             r = pacs.received[0]
-            print(f"  result at demo PACS            : {r.Modality} "
-                  f"'{r.ContentSequence[0].TextValue}'")
-            print(f"  result in the original study   : "
-                  f"{r.StudyInstanceUID == study[0].StudyInstanceUID}")
+            print(
+                f"  result at demo PACS            : {r.Modality} "
+                f"'{r.ContentSequence[0].TextValue}'"
+            )
+            print(
+                f"  result in the original study   : "
+                f"{r.StudyInstanceUID == study[0].StudyInstanceUID}"
+            )
         print(f"  seconds from first send to done: {elapsed:.1f}")
         print(f"  outcome                        : {'OK' if ok else 'FAILED'}")
         return 0 if ok else 1

@@ -70,38 +70,46 @@ ACCEPTED_TRANSFER_SYNTAXES = [
 """Stored as sent, never transcoded."""
 
 
-def _check_structure(data: bytes) -> None:
-    """Walk the top-level elements; raise ``ValueError`` on a truncated value or trailing bytes.
+_UID_TAGS = {0x0020000D: 0, 0x0020000E: 1, 0x00080018: 2}
 
-    pydicom's reader is deliberately tolerant (it returns a short value for a truncated
-    element and only warns); an SCP must not acknowledge such a dataset.
+
+def _parse(data: bytes) -> tuple[str, str, str]:
+    """One pass over the top-level elements: (study, series, SOP instance UID).
+
+    Raises ``ValueError`` on a truncated value or trailing bytes. pydicom's reader is
+    deliberately tolerant (it returns a short value for a truncated element and only warns);
+    an SCP must not acknowledge such a dataset. Sequences are parsed (and so checked) by
+    pydicom; pixel data stays raw bytes, never decompressed. Deflated datasets are inflated
+    by ``dcmread``.
     """
     fp = BytesIO(data)
     read_preamble(fp, False)
     meta = _read_file_meta_info(fp)
     ts = UID(str(meta.get("TransferSyntaxUID", ExplicitVRLittleEndian)))
-    if ts.is_deflated:  # inflated and parsed by dcmread below
-        return
+    if ts.is_deflated:
+        ds = dcmread(BytesIO(data))
+        return tuple(  # type: ignore[return-value]
+            str(ds.get(k, "") or "")
+            for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+        )
+    uids = ["", "", ""]
     for raw in data_element_generator(fp, ts.is_implicit_VR, ts.is_little_endian):
         length = getattr(raw, "length", None)  # sequences come back parsed, without length
         if length is not None and length != 0xFFFFFFFF and len(raw.value or b"") != length:
             raise ValueError("truncated element value")
+        slot = _UID_TAGS.get(int(raw.tag))
+        if slot is not None and isinstance(raw.value, bytes):
+            uids[slot] = raw.value.rstrip(b"\x00 ").decode("ascii")
     if fp.tell() != len(data):
         raise ValueError("trailing bytes after the dataset")
+    return uids[0], uids[1], uids[2]
 
 
 def validate(data: bytes, affected_sop_uid: str) -> tuple[str, str, str]:
-    """Parse the DICOM file bytes; return (study, series, SOP instance UID) or raise.
-
-    Parsing the whole dataset (pixel data as raw bytes, not decompressed) catches truncated or
-    garbled encodings before they reach the spool.
-    """
+    """Parse the DICOM file bytes; return (study, series, SOP instance UID) or raise
+    :class:`InvalidInstanceError` with the status to answer."""
     try:
-        _check_structure(data)
-        ds = dcmread(BytesIO(data))
-        study = str(ds.get("StudyInstanceUID", "") or "")
-        series = str(ds.get("SeriesInstanceUID", "") or "")
-        sop = str(ds.get("SOPInstanceUID", "") or "")
+        study, series, sop = _parse(data)
     except Exception as exc:  # pydicom raises many types on garbage
         raise InvalidInstanceError(status.CANNOT_DECODE, type(exc).__name__) from None
     if not study.strip():

@@ -27,12 +27,19 @@ ROOT = Path(__file__).resolve().parent.parent
 def start_node(cfg_path: Path, log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "node", "node", "run", "--config", str(cfg_path)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(log, "ab"),  # noqa: SIM115
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=open(log, "ab"),
     )
 
 
-def send_all(port: int, datasets: list[Dataset], acked: set[str],
-             on_ack: threading.Event | None = None, kill_after: int = 0) -> None:
+def send_all(
+    port: int,
+    datasets: list[Dataset],
+    acked: set[str],
+    on_ack: threading.Event | None = None,
+    kill_after: int = 0,
+) -> None:
     """Send until done or the association dies; record acknowledged SOP Instance UIDs."""
     ae = AE(ae_title="MODALITY")
     ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")

@@ -62,8 +62,9 @@ def test_completed_study_sends_result_to_orthanc(orthanc: Orthanc, tmp_path: Pat
     cfg = node_config(
         tmp_path,
         completion={"quiet_seconds": 0.5, "poll_seconds": 0.1},
-        destinations={"results": {"ae_title": orthanc.aet, "host": "127.0.0.1",
-                                  "port": orthanc.dicom_port}},
+        destinations={
+            "results": {"ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}
+        },
     )
     study = synthetic_ct_study(3)
     with running_node(cfg) as svc:
@@ -120,8 +121,10 @@ def test_cli_echo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with StoreSCP(tmp_path / "out") as scp:
         cfg = node_config(
             tmp_path,
-            destinations={"pacs": {"ae_title": "STORESCP", "host": "127.0.0.1", "port": scp.port},
-                          "down": {"ae_title": "X", "host": "127.0.0.1", "port": free_port()}},
+            destinations={
+                "pacs": {"ae_title": "STORESCP", "host": "127.0.0.1", "port": scp.port},
+                "down": {"ae_title": "X", "host": "127.0.0.1", "port": free_port()},
+            },
         )
         p = tmp_path / "node.yaml"
         p.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))

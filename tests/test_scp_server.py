@@ -68,7 +68,9 @@ def dcmtk_sees_sop(path: Path) -> bool:
     """Whether dcmtk parses the file far enough to find its SOP Instance UID."""
     r = subprocess.run(
         [require_tool("dcmdump"), "-q", "+P", "0008,0018", str(path)],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     return r.returncode == 0 and "SOPInstanceUID" in r.stdout
 
@@ -120,7 +122,9 @@ def test_dcmtk_echoscu(tmp_path: Path) -> None:
     with running_node(node_config(tmp_path)) as svc:
         r = subprocess.run(
             [echoscu, "-aet", "DCMTK", "-aec", "BLINDREAD", "127.0.0.1", str(svc.port)],
-            env=peer_env(), capture_output=True, timeout=30,
+            env=peer_env(),
+            capture_output=True,
+            timeout=30,
         )
         assert r.returncode == 0, r.stderr
 
@@ -130,13 +134,21 @@ def test_dcmtk_storescu_directory_stored_as_sent(tmp_path: Path) -> None:
     files = [p for p in pydicom_test_files() if p.name not in TRUNCATED | DCMTK_UNREADABLE]
     syntaxes = {str(read_file_meta_info(p).TransferSyntaxUID) for p in files}
     # compressed syntaxes really are in the directory
-    assert {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80",
-            "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.1.99"} <= syntaxes
+    assert {
+        "1.2.840.10008.1.2.4.50",
+        "1.2.840.10008.1.2.4.70",
+        "1.2.840.10008.1.2.4.80",
+        "1.2.840.10008.1.2.4.90",
+        "1.2.840.10008.1.2.5",
+        "1.2.840.10008.1.2.1.99",
+    } <= syntaxes
     by_sop: dict[str, Path] = {}
     for p in files:  # one file per SOP Instance UID (some test files share one)
         ds = dcmread(p, stop_before_pixels=True)
-        uids = [str(ds.get(k, "") or "") for k in
-                ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")]
+        uids = [
+            str(ds.get(k, "") or "")
+            for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+        ]
         if (
             all(uids)
             and uids[2] == read_file_meta_info(p).MediaStorageSOPInstanceUID
@@ -164,9 +176,23 @@ def test_dcmtk_storescu_directory_stored_as_sent(tmp_path: Path) -> None:
             for p in paths:
                 shutil.move(p, sub / p.name)
             r = subprocess.run(
-                [storescu, "-aet", "DCMTK", "-aec", "BLINDREAD", "+sd", "-R", *STORESCU_PROPOSE[ts],
-                 "127.0.0.1", str(svc.port), str(sub)],
-                env=peer_env(), capture_output=True, text=True, timeout=120,
+                [
+                    storescu,
+                    "-aet",
+                    "DCMTK",
+                    "-aec",
+                    "BLINDREAD",
+                    "+sd",
+                    "-R",
+                    *STORESCU_PROPOSE[ts],
+                    "127.0.0.1",
+                    str(svc.port),
+                    str(sub),
+                ],
+                env=peer_env(),
+                capture_output=True,
+                text=True,
+                timeout=120,
             )
             assert r.returncode == 0, r.stderr[-3000:]
         for p in by_sop.values():
@@ -181,8 +207,13 @@ def test_dcmtk_storescu_directory_stored_as_sent(tmp_path: Path) -> None:
             assert meta.TransferSyntaxUID == read_file_meta_info(p).TransferSyntaxUID
         assert len(spool_files(svc)) == len(by_sop) >= 25
         sent = {str(read_file_meta_info(p).TransferSyntaxUID) for p in by_sop.values()}
-        assert {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.90",
-                "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2"} <= sent
+        assert {
+            "1.2.840.10008.1.2.4.50",
+            "1.2.840.10008.1.2.4.70",
+            "1.2.840.10008.1.2.4.90",
+            "1.2.840.10008.1.2.1.99",
+            "1.2.840.10008.1.2",
+        } <= sent
         assert echo_ok(svc.port)
 
 
@@ -203,8 +234,13 @@ def test_files_stored_byte_for_byte(tmp_path: Path) -> None:
             assert dataset_bytes(target) == dataset_bytes(p), p.name
         assert len(files) >= 30
         sent = {str(read_file_meta_info(p).TransferSyntaxUID) for p in files.values()}
-        assert {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.70",
-                "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.1.99"} <= sent
+        assert {
+            "1.2.840.10008.1.2.4.50",
+            "1.2.840.10008.1.2.4.70",
+            "1.2.840.10008.1.2.4.90",
+            "1.2.840.10008.1.2.5",
+            "1.2.840.10008.1.2.1.99",
+        } <= sent
 
 
 def test_truncated_files_refused_with_c001(tmp_path: Path) -> None:
