@@ -39,6 +39,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from scp import status
 from scp.errors import InvalidInstanceError, SpoolFullError
+from scp.filemeta import file_meta_bytes
 from scp.net import tune_association
 from scp.policy import AssociationPolicy
 from scp.settings import LogId, ScpSettings
@@ -233,7 +234,13 @@ class StorageServer:
     def _on_store(self, event: Any) -> int:
         calling = event.assoc.requestor.ae_title.strip()
         try:
-            data = event.encoded_dataset(include_meta=True)
+            rq = event.request
+            data = file_meta_bytes(
+                str(rq.AffectedSOPClassUID),
+                str(rq.AffectedSOPInstanceUID),
+                str(event.context.transfer_syntax),
+                calling,
+            ) + event.encoded_dataset(include_meta=False)
             self.spool.check_space(len(data))
             study, _series, sop = validate(data, str(event.request.AffectedSOPInstanceUID))
             stored = self.spool.store(study, sop, data)
