@@ -119,7 +119,7 @@ def test_claim_is_exactly_once(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("crash_after", ["begin", "rename"])
 def test_claim_recovered_after_crash(tmp_path: Path, crash_after: str) -> None:
-    sp, store, intake = _intake(tmp_path)
+    sp, store, _ = _intake(tmp_path)
     for i in range(4):
         sp.store("1.2", f"1.2.{i}", b"x")
     key = sp.study_key("1.2")
