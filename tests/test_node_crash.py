@@ -103,9 +103,12 @@ def test_kill9_mid_stream_then_restart(tmp_path: Path) -> None:
         assert sorted(p.name for p in jobs[0].dir.iterdir()) == list(jobs[0].files)
         store.close()
     finally:
+        t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         proc.wait(15)
+        stop_seconds = time.monotonic() - t0
     assert proc.returncode == 0
+    assert stop_seconds < 10  # clean systemd stop
     # logs carry pseudonyms only
     text = log.read_text()
     assert str(study[0].StudyInstanceUID) not in text
