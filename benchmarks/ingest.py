@@ -3,7 +3,8 @@
 One ``storescu`` (TCP_NODELAY=1, one association for the whole directory) sends N synthetic
 512x512 CT instances to (1) our Storage SCP with fsync on, (2) dcmtk ``storescp`` writing to
 disk (no fsync), (3) Orthanc. A reference row with our fsync off shows what durability costs.
-"Ours" in the ratio column is always the fsync-on figure. Prints instances/s for each and our ratio to each peer.
+"Ours" in the ratio column is always the fsync-on figure. Prints instances/s for each and
+our ratio to each peer.
 
     python benchmarks/ingest.py [--count 500]
 """
