@@ -350,3 +350,31 @@ def test_disallowed_ip_rejected(tmp_path: Path, caplog: pytest.LogCaptureFixture
         assert (rj.result, rj.result_source, rj.diagnostic) == (0x01, 0x01, 0x01)
         assert any("FROM2@127.0.0.2" in r.getMessage() for r in caplog.records)
         assert echo_ok(svc.port)
+
+
+def test_tcp_nodelay_on_both_ends(tmp_path: Path) -> None:
+    import socket
+    import time
+
+    from pynetdicom import evt
+
+    from scp.net import tune_association
+
+    with running_node(node_config(tmp_path)) as svc:
+        ae = AE(ae_title="SCU")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate(
+            "127.0.0.1",
+            svc.port,
+            ae_title="BLINDREAD",
+            evt_handlers=[(evt.EVT_CONN_OPEN, tune_association)],
+        )
+        assert assoc.is_established
+        ours = assoc.dul.socket.socket
+        assert ours.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        deadline = time.monotonic() + 5
+        while not svc.server.ae.active_associations and time.monotonic() < deadline:
+            time.sleep(0.01)
+        server_side = svc.server.ae.active_associations[0].dul.socket.socket
+        assert server_side.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assoc.release()
