@@ -81,15 +81,21 @@ class Intake:
             self._move(src, job.dir)
 
     def retry(self, job_id: int) -> Job | None:
-        """Requeue a failed job, moving its files back out of quarantine."""
+        """Requeue a failed job, moving its files back out of quarantine.
+
+        Files move first, then the row: a running node's runner can only see the job queued
+        once its files are in place. A crash in between is undone by :meth:`recover` (the
+        failed row's directory is found in ``jobs_dir`` and moved back to quarantine).
+        """
         job = self.store.get(job_id)
         if job is None or job.state != "failed":
             return None
-        new = self.store.retry(job_id, self.jobs_dir / job.token)
-        if new is None:
-            return None
-        if job.dir.is_dir() and job.dir != new.dir:
-            self._move(job.dir, new.dir)
+        work = self.jobs_dir / job.token
+        if job.dir.is_dir() and job.dir != work:
+            self._move(job.dir, work)
+        new = self.store.retry(job_id, work)
+        if new is None and work.is_dir() and job.dir != work:
+            self._move(work, job.dir)  # someone else changed the job meanwhile
         return new
 
     @staticmethod

@@ -18,7 +18,6 @@ from pydicom.filereader import read_file_meta_info
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
-from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from scp.errors import SendError
@@ -149,7 +148,3 @@ class StorageSender:
         log.info("sent %d instance(s) to %s", report.sent, name)
         return report
 
-
-def build_contexts(pairs: Sequence[tuple[str, str]]) -> list[object]:
-    """Presentation contexts for (SOP class, transfer syntax) pairs (helper for tests)."""
-    return [build_context(sop, [ts]) for sop, ts in pairs]

@@ -22,6 +22,7 @@ import os
 import secrets
 import shutil
 import threading
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -67,8 +68,8 @@ class Spool:
         self.log_id = log_id
         self.fsync = fsync
         self.min_free_bytes = min_free_bytes
-        self._locks: dict[str, threading.Lock] = {}
-        self._locks_guard = threading.Lock()
+        # striped locks: bounded memory however many studies pass through
+        self._locks = [threading.Lock() for _ in range(64)]
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._tmp = self.root / _TMP
         self._tmp.mkdir(exist_ok=True, mode=0o700)
@@ -132,9 +133,7 @@ class Spool:
     @contextmanager
     def locked(self, key: str) -> Iterator[None]:
         """Hold the per-study lock (blocks :meth:`store` from adding to that directory)."""
-        with self._locks_guard:
-            lock = self._locks.setdefault(key, threading.Lock())
-        with lock:
+        with self._locks[zlib.crc32(key.encode()) % len(self._locks)]:
             yield
 
     def study_dir(self, key: str) -> Path:

@@ -42,10 +42,15 @@ class CompletionMonitor:
         self._thread: threading.Thread | None = None
 
     def seed(self, studies: Iterable[SpooledStudy]) -> None:
-        """Resume timers for batches found in the spool at start-up."""
+        """Resume timers for batches found in the spool at start-up.
+
+        The quiet period restarts now: while we were down, senders could not deliver the rest
+        of a study, so "no news since the last file" says nothing about completeness.
+        """
+        now = self.clock()
         with self._lock:
             for s in studies:
-                self._seen[s.key] = (s.first, s.last)
+                self._seen[s.key] = (s.first, max(s.last, now))
 
     def touch(self, key: str) -> None:
         """An instance of ``key`` was just stored (cheap; called from the C-STORE handler)."""

@@ -1,0 +1,38 @@
+"""Helpers to run a real BlindRead node (in-process) on a free loopback port."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from node.config import NodeConfig, parse_model
+from node.runner import JobAction
+from node.service import NodeService
+from tests.peers import free_port
+
+
+def node_config(tmp_path: Path, **sections: dict[str, Any]) -> NodeConfig:
+    """A node config in ``tmp_path`` on a free port; ``sections`` override/extend keys."""
+    data: dict[str, Any] = {
+        "node": {"state_dir": str(tmp_path / "state")},
+        "scp": {"port": free_port(), "min_free_bytes": 0},
+        "completion": {"quiet_seconds": 300, "poll_seconds": 0.1},
+    }
+    for name, values in sections.items():
+        if isinstance(values, dict) and isinstance(data.get(name), dict):
+            data[name] = {**data[name], **values}
+        else:
+            data[name] = values
+    return parse_model(data, NodeConfig)
+
+
+@contextmanager
+def running_node(cfg: NodeConfig, action: JobAction | None = None) -> Iterator[NodeService]:
+    svc = NodeService(cfg, action)
+    svc.start()
+    try:
+        yield svc
+    finally:
+        svc.stop(timeout=5)
