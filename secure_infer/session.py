@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import struct
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -287,15 +288,17 @@ def _galois_elts(context: seal.SEALContext, steps: Sequence[int]) -> list[int]:
 
 def _write_private(path: Path, data: bytes) -> None:
     """Write a 0600 file atomically (temp file, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 # --------------------------------------------------------------------------------------------
@@ -401,6 +404,11 @@ class VendorModel:
             try:
                 load_into(obj, sections[name], self._context)
             except Exception:
+                if _is_secret_key(sections[name], self._context):
+                    raise ContextError(
+                        f"section {name} holds a secret key; send only the public context",
+                        code="secret_key_present",
+                    ) from None
                 raise ContextError(f"unreadable {name}", code="malformed_context") from None
             if not seal.is_valid_for(obj, self._context):
                 raise ContextError(f"invalid {name}", code="malformed_context")
@@ -448,6 +456,14 @@ class VendorModel:
             ev.add_inplace(y, zero)
             out.append(_frame(y, ctx.sha256))
         return out
+
+
+def _is_secret_key(blob: bytes, context: seal.SEALContext) -> bool:
+    try:
+        load_into(seal.SecretKey(), blob, context)
+    except Exception:
+        return False
+    return True
 
 
 def _foreign_context(data: bytes) -> ContextError:

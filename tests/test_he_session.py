@@ -119,6 +119,11 @@ def test_context_with_secret_key_refused(pair: tuple[VendorModel, HospitalSessio
     with pytest.raises(ContextError) as exc:
         vm.load_context(_pack_sections(sec))
     assert exc.value.code == "secret_key_present"
+    sec = _sections(hs)
+    sec["public_key"] = save_bytes(hs._sk)  # a secret key disguised as the public key
+    with pytest.raises(ContextError) as exc:
+        vm.load_context(_pack_sections(sec))
+    assert exc.value.code == "secret_key_present"
     private = ts.context(ts.SCHEME_TYPE.CKKS, 8192, coeff_mod_bit_sizes=[40, 30, 40])
     with pytest.raises(ContextError) as exc:
         vm.load_context(private.serialize(save_secret_key=True))
