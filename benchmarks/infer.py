@@ -169,9 +169,9 @@ def tenseal_baseline(model_path: Path, x: np.ndarray, repeat: int) -> dict[str, 
         t = time.perf_counter()
         enc, windows = ts.im2col_encoding(ctx, img[0].tolist(), ks, ks, stride)
         t_enc = time.perf_counter() - t
-        c1 = time.process_time()
+        s0 = time.process_time()
         up = len(enc.serialize())
-        c1 -= time.process_time()
+        excl = time.process_time() - s0
         t = time.perf_counter()
         chans = [enc.conv2d_im2col(k, windows) + float(b) for k, b in zip(kernels, kb, strict=True)]
         h = ts.CKKSVector.pack_vectors(chans)
@@ -180,12 +180,13 @@ def tenseal_baseline(model_path: Path, x: np.ndarray, repeat: int) -> dict[str, 
         h.square_()
         h = h.mm(fc2[0]) + fc2[1]
         t_eval = time.perf_counter() - t
+        s0 = time.process_time()
         down = len(h.serialize())
-        c1 -= time.process_time()
+        excl += time.process_time() - s0
         t = time.perf_counter()
         logit = h.decrypt()[0]
         t_dec = time.perf_counter() - t
-        cpu = time.process_time() + c1 - c0  # encrypt + evaluate + decrypt, serialization excluded
+        cpu = time.process_time() - c0 - excl  # encrypt + evaluate + decrypt, not serialization
         return t_enc, t_eval, t_dec, logit, up, down, cpu
 
     runs = [one(x[i % len(x)]) for i in range(repeat)]
