@@ -4,8 +4,10 @@ Linear stages use the hybrid generalized-diagonal method with baby-step giant-st
 (Halevi-Shoup): ``y = sum_g rot_g( sum_b rot_{-g}(d_{g+b}) * rot_b(x) )``, then ``log2`` folding
 rotations when the matrix is wider than tall. Only nonzero diagonals are multiplied, so the
 im2col-packed first convolution costs a few plaintext multiplies. Weights are encoded once, at the
-level where they are used, with scale equal to the prime the following rescale removes, so the
-ciphertext scale stays put. Galois keys are needed only for :attr:`PlanEvaluator.galois_steps`.
+level where they are used, with scale equal to the prime their rescale removes, so the ciphertext
+scale stays put. Rescaling is lazy (see :meth:`PlanEvaluator._prepare`), so rotations act on
+high-scale ciphertexts and add no visible noise. Galois keys are needed only for
+:attr:`PlanEvaluator.galois_steps` (step 0 = complex conjugation).
 """
 
 from __future__ import annotations
