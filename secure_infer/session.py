@@ -337,11 +337,30 @@ class VendorModel:
             raise CompileError(f"{mp}: manifest names no onnx model file")
         plan = compile_onnx(mp.parent / manifest.onnx, manifest.name, manifest.version,
                             approx_range)
+        if manifest.prefix_onnx:
+            samples = _prefix_samples(mp.parent / manifest.prefix_onnx, manifest)
+            lo, hi = float(samples.min()), float(samples.max())
+            margin = 0.25 * max(hi - lo, 1e-6)
+            return cls.from_plan(plan, manifest, (lo - margin, hi + margin), samples)
         return cls.from_plan(plan, manifest)
 
     @classmethod
-    def from_plan(cls, plan: Plan, manifest: Manifest) -> VendorModel:
-        if tuple(plan.packing.input_shape) != tuple(manifest.input.shape):
+    def from_plan(
+        cls,
+        plan: Plan,
+        manifest: Manifest,
+        input_range: tuple[float, float] | None = None,
+        samples: np.ndarray | None = None,
+    ) -> VendorModel:
+        """Choose parameters for a compiled plan. With a public prefix network, ``input_range``
+        and ``samples`` describe the prefix's outputs (the encrypted head's inputs)."""
+        if samples is not None:
+            if samples[0].size != int(np.prod(plan.packing.input_shape)):
+                raise CompileError(
+                    f"the public prefix outputs {list(samples.shape[1:])} values per image but "
+                    f"the private model expects {list(plan.packing.input_shape)}"
+                )
+        elif tuple(plan.packing.input_shape) != tuple(manifest.input.shape):
             raise CompileError(
                 f"manifest input shape {list(manifest.input.shape)} does not match the model's "
                 f"{list(plan.packing.input_shape)}"
@@ -352,7 +371,8 @@ class VendorModel:
                 f"manifest output index {max(by_index)} but the model has {plan.n_outputs} outputs"
             )
         acts = [by_index.get(i, plan.final_activation) for i in range(plan.n_outputs)]
-        spec, ev = build_spec(plan, acts, tuple(manifest.input.range))  # type: ignore[arg-type]
+        rng = input_range or (float(manifest.input.range[0]), float(manifest.input.range[1]))
+        spec, ev = build_spec(plan, acts, rng, samples)
         log.info("compiled %s %s: depth %d, N=%d, %d Galois steps, %d image(s)/ciphertext",
                  plan.name, plan.version, plan.depth, spec.poly_modulus_degree,
                  len(spec.galois_steps), spec.images_per_ciphertext)
@@ -464,6 +484,25 @@ def _is_secret_key(blob: bytes, context: seal.SEALContext) -> bool:
     except Exception:
         return False
     return True
+
+
+def _prefix_samples(path: Path, manifest: Manifest, n: int = 64) -> np.ndarray:
+    """Outputs of the public prefix network on inputs spread over the manifest's input range."""
+    import onnxruntime as ort
+
+    try:
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise CompileError(f"cannot load the public prefix network {path.name}: {exc}") from None
+    lo, hi = manifest.input.range
+    rng = np.random.default_rng(0)
+    x = np.concatenate([
+        rng.uniform(lo, hi, size=(n, *manifest.input.shape)),
+        np.full((1, *manifest.input.shape), lo),
+        np.full((1, *manifest.input.shape), hi),
+    ]).astype(np.float32)
+    y = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    return np.asarray(y, dtype=np.float64).reshape(len(x), -1)
 
 
 def _foreign_context(data: bytes) -> ContextError:
