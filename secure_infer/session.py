@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import struct
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -287,15 +288,17 @@ def _galois_elts(context: seal.SEALContext, steps: Sequence[int]) -> list[int]:
 
 def _write_private(path: Path, data: bytes) -> None:
     """Write a 0600 file atomically (temp file, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 # --------------------------------------------------------------------------------------------
@@ -334,11 +337,30 @@ class VendorModel:
             raise CompileError(f"{mp}: manifest names no onnx model file")
         plan = compile_onnx(mp.parent / manifest.onnx, manifest.name, manifest.version,
                             approx_range)
+        if manifest.prefix_onnx:
+            samples = _prefix_samples(mp.parent / manifest.prefix_onnx, manifest)
+            lo, hi = float(samples.min()), float(samples.max())
+            margin = 0.25 * max(hi - lo, 1e-6)
+            return cls.from_plan(plan, manifest, (lo - margin, hi + margin), samples)
         return cls.from_plan(plan, manifest)
 
     @classmethod
-    def from_plan(cls, plan: Plan, manifest: Manifest) -> VendorModel:
-        if tuple(plan.packing.input_shape) != tuple(manifest.input.shape):
+    def from_plan(
+        cls,
+        plan: Plan,
+        manifest: Manifest,
+        input_range: tuple[float, float] | None = None,
+        samples: np.ndarray | None = None,
+    ) -> VendorModel:
+        """Choose parameters for a compiled plan. With a public prefix network, ``input_range``
+        and ``samples`` describe the prefix's outputs (the encrypted head's inputs)."""
+        if samples is not None:
+            if samples[0].size != int(np.prod(plan.packing.input_shape)):
+                raise CompileError(
+                    f"the public prefix outputs {list(samples.shape[1:])} values per image but "
+                    f"the private model expects {list(plan.packing.input_shape)}"
+                )
+        elif tuple(plan.packing.input_shape) != tuple(manifest.input.shape):
             raise CompileError(
                 f"manifest input shape {list(manifest.input.shape)} does not match the model's "
                 f"{list(plan.packing.input_shape)}"
@@ -349,7 +371,8 @@ class VendorModel:
                 f"manifest output index {max(by_index)} but the model has {plan.n_outputs} outputs"
             )
         acts = [by_index.get(i, plan.final_activation) for i in range(plan.n_outputs)]
-        spec, ev = build_spec(plan, acts, tuple(manifest.input.range))  # type: ignore[arg-type]
+        rng = input_range or (float(manifest.input.range[0]), float(manifest.input.range[1]))
+        spec, ev = build_spec(plan, acts, rng, samples)
         log.info("compiled %s %s: depth %d, N=%d, %d Galois steps, %d image(s)/ciphertext",
                  plan.name, plan.version, plan.depth, spec.poly_modulus_degree,
                  len(spec.galois_steps), spec.images_per_ciphertext)
@@ -401,6 +424,11 @@ class VendorModel:
             try:
                 load_into(obj, sections[name], self._context)
             except Exception:
+                if _is_secret_key(sections[name], self._context):
+                    raise ContextError(
+                        f"section {name} holds a secret key; send only the public context",
+                        code="secret_key_present",
+                    ) from None
                 raise ContextError(f"unreadable {name}", code="malformed_context") from None
             if not seal.is_valid_for(obj, self._context):
                 raise ContextError(f"invalid {name}", code="malformed_context")
@@ -448,6 +476,33 @@ class VendorModel:
             ev.add_inplace(y, zero)
             out.append(_frame(y, ctx.sha256))
         return out
+
+
+def _is_secret_key(blob: bytes, context: seal.SEALContext) -> bool:
+    try:
+        load_into(seal.SecretKey(), blob, context)
+    except Exception:
+        return False
+    return True
+
+
+def _prefix_samples(path: Path, manifest: Manifest, n: int = 64) -> np.ndarray:
+    """Outputs of the public prefix network on inputs spread over the manifest's input range."""
+    import onnxruntime as ort
+
+    try:
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise CompileError(f"cannot load the public prefix network {path.name}: {exc}") from None
+    lo, hi = manifest.input.range
+    rng = np.random.default_rng(0)
+    x = np.concatenate([
+        rng.uniform(lo, hi, size=(n, *manifest.input.shape)),
+        np.full((1, *manifest.input.shape), lo),
+        np.full((1, *manifest.input.shape), hi),
+    ]).astype(np.float32)
+    y = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    return np.asarray(y, dtype=np.float64).reshape(len(x), -1)
 
 
 def _foreign_context(data: bytes) -> ContextError:

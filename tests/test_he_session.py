@@ -119,6 +119,11 @@ def test_context_with_secret_key_refused(pair: tuple[VendorModel, HospitalSessio
     with pytest.raises(ContextError) as exc:
         vm.load_context(_pack_sections(sec))
     assert exc.value.code == "secret_key_present"
+    sec = _sections(hs)
+    sec["public_key"] = save_bytes(hs._sk)  # a secret key disguised as the public key
+    with pytest.raises(ContextError) as exc:
+        vm.load_context(_pack_sections(sec))
+    assert exc.value.code == "secret_key_present"
     private = ts.context(ts.SCHEME_TYPE.CKKS, 8192, coeff_mod_bit_sizes=[40, 30, 40])
     with pytest.raises(ContextError) as exc:
         vm.load_context(private.serialize(save_secret_key=True))
@@ -228,3 +233,22 @@ def test_out_of_range_input_refused(pair: tuple[VendorModel, HospitalSession, Pa
     assert exc.value.code == "input_out_of_range"
     with pytest.raises(InferenceError):
         hs.encrypt(np.full((1, 8), np.nan))
+
+
+def test_public_prefix_network(tmp_path: Path) -> None:
+    """The hospital runs the public prefix in clear; only the private head is encrypted."""
+    prefix = build_sequential((1, 6, 6), [("conv", 2, 2, 2, 0), ("square",)], seed=21)
+    head = build_sequential((2, 3, 3), [("flatten",), ("gemm", 4), ("square",), ("gemm", 1),
+                                        ("final_sigmoid",)], seed=22)
+    onnx.save(prefix, tmp_path / "prefix.onnx")
+    path = write_model(tmp_path, head, (1, 6, 6), 1, "sigmoid")
+    doc = yaml.safe_load(path.read_text())
+    doc["prefix_onnx"] = "prefix.onnx"
+    path.write_text(yaml.safe_dump(doc))
+    vm = VendorModel.load(path)
+    hs = HospitalSession.create(PlanSpec.from_json(vm.spec.to_json()), tmp_path / "keys")
+    ctx = vm.load_context(hs.public_context_bytes())
+    x = np.random.default_rng(3).uniform(0, 1, size=(3, 1, 6, 6))
+    features = ort_run(prefix, x).reshape(3, 2, 3, 3)  # hospital side, in clear
+    got = hs.predict_proba(vm.evaluate(ctx, hs.encrypt(features)), 3)
+    np.testing.assert_allclose(got, ort_run(head, features), atol=1e-4)
