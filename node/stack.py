@@ -194,7 +194,11 @@ class Stack:
                 "port": self.node_port,
                 "min_free_bytes": 10_000_000,
             },
-            "completion": {"quiet_seconds": self.quiet_seconds, "max_age_seconds": 600},
+            "completion": {
+                "quiet_seconds": self.quiet_seconds,
+                "max_age_seconds": 600,
+                "poll_seconds": 0.2,
+            },
             "destinations": {
                 "pacs": {"ae_title": pacs_aet, "host": "127.0.0.1", "port": self.pacs.dicom_port}
             },

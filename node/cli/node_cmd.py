@@ -41,11 +41,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from node.service import NodeService
+    from node.app import build_node
 
     cfg = load_config(args.config)
     configure_logging(cfg.node.log_level)
-    NodeService(cfg).run_forever()
+    build_node(cfg).run_forever()
     return 0
 
 
