@@ -40,6 +40,17 @@ class Node:
     metrics_server: MetricsServer | None = None
     warm_up: threading.Thread | None = None
 
+    def _serve_metrics(self) -> MetricsServer | None:
+        spool = self.service.spool
+
+        def health() -> dict[str, bool]:
+            return {
+                "job_runner_alive": self.service.runner_alive(),
+                "spool_above_watermark": spool.free_bytes() >= self.cfg.scp.min_free_bytes,
+            }
+
+        return serve_metrics(self.cfg.metrics, self.metrics, health, self.service.refresh_metrics)
+
     def _warm_up(self) -> None:
         pairs = [
             (r.action.infer.vendor, r.action.infer.model)
@@ -50,7 +61,7 @@ class Node:
             self.warm_up = self.vendors.warm_up(pairs)
 
     def start(self) -> None:
-        self.metrics_server = serve_metrics(self.cfg.metrics, self.metrics)
+        self.metrics_server = self._serve_metrics()
         self.service.start()
         self._warm_up()
 
@@ -63,7 +74,7 @@ class Node:
 
     def run_forever(self) -> None:
         """Foreground run until SIGTERM/SIGINT (systemd)."""
-        self.metrics_server = serve_metrics(self.cfg.metrics, self.metrics)
+        self.metrics_server = self._serve_metrics()
         self._warm_up()
         try:
             self.service.run_forever()
@@ -86,7 +97,7 @@ def build_node(cfg: NodeConfig) -> Node:
     service: NodeService
     if cfg.routes:
         # the service owns the pseudonym key; build it first, then hand the pipeline to it
-        service = NodeService(cfg, action=lambda job: None)
+        service = NodeService(cfg, action=lambda job: None, metrics=metrics)
         pipeline = Pipeline(
             cfg,
             pseudonyms=service.pseudonyms,
@@ -100,5 +111,5 @@ def build_node(cfg: NodeConfig) -> Node:
         )
         service.runner.action = pipeline
     else:
-        service = NodeService(cfg)
+        service = NodeService(cfg, metrics=metrics)
     return Node(cfg, service, pipeline, vault, vendors, audit, metrics)

@@ -13,6 +13,7 @@ metrics on every path and has no health route, hence the few lines of dispatch h
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import threading
 import time
@@ -37,6 +38,8 @@ from node.config.observability import MetricsSection
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DIRECTIONS",
@@ -206,9 +209,11 @@ class MetricsServer:
         host: str = "127.0.0.1",
         port: int = 9464,
         health: HealthCheck | None = None,
+        refresh: Callable[[], None] | None = None,
     ) -> None:
         self._metrics_app = make_wsgi_app(registry)
         self._health = health
+        self._refresh = refresh
         self._host = host
         self._requested_port = port
         self._server: WSGIServer | None = None
@@ -230,6 +235,11 @@ class MetricsServer:
         if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
             return _respond(start_response, "405 Method Not Allowed", {"error": "GET only"})
         if path == "/metrics":
+            if self._refresh is not None:
+                try:
+                    self._refresh()  # e.g. jobs by state, read from the job store itself
+                except Exception as exc:  # stale gauges beat a failed scrape
+                    log.warning("metrics refresh failed: %s", type(exc).__name__)
             return self._metrics_app(environ, start_response)
         if path == "/healthz":
             checks: dict[str, bool] = {}
@@ -276,12 +286,15 @@ class MetricsServer:
 
 
 def serve_metrics(
-    section: MetricsSection, metrics: NodeMetrics, health: HealthCheck | None = None
+    section: MetricsSection,
+    metrics: NodeMetrics,
+    health: HealthCheck | None = None,
+    refresh: Callable[[], None] | None = None,
 ) -> MetricsServer | None:
     """Start the endpoint configured in ``metrics:`` (``None`` when it is disabled)."""
     if not section.enabled:
         return None
-    return MetricsServer(metrics.registry, section.host, section.port, health).start()
+    return MetricsServer(metrics.registry, section.host, section.port, health, refresh).start()
 
 
 def _respond(start_response: StartResponse, status: str, body: Mapping[str, Any]) -> list[bytes]:

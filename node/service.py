@@ -19,6 +19,7 @@ from node.config import NodeConfig
 from node.intake import Intake
 from node.jobs import JobStore
 from node.keys import load_or_create_secret
+from node.metrics import NodeMetrics
 from node.netsettings import (
     completion_settings,
     destination_settings,
@@ -31,6 +32,9 @@ from node.runner import JobAction, JobRunner
 from scp import CompletionMonitor, DestinationSettings, Spool, StorageSender, StorageServer
 
 __all__ = ["NodePaths", "NodeService", "default_action", "node_paths"]
+
+# A-ASSOCIATE-RJ reason codes our policy sends -> the metric's fixed reason labels
+_REJECT_REASONS = {0x01: "network", 0x03: "calling_ae", 0x07: "called_ae"}
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +83,12 @@ def default_action(cfg: NodeConfig, key: bytes) -> JobAction:
 class NodeService:
     """Composes the node's long-running parts; ``action`` defaults to :func:`default_action`."""
 
-    def __init__(self, cfg: NodeConfig, action: JobAction | None = None) -> None:
+    def __init__(
+        self,
+        cfg: NodeConfig,
+        action: JobAction | None = None,
+        metrics: NodeMetrics | None = None,
+    ) -> None:
         self.cfg = cfg
         self.paths = node_paths(cfg)
         self.key = load_or_create_secret(self.paths.pseudonym_key)
@@ -100,12 +109,39 @@ class NodeService:
             sender_settings(cfg),
         )
         self.monitor = CompletionMonitor(completion_settings(cfg), self._complete)
-        self.server = StorageServer(settings, self.spool, self.pseudonyms.study, self.monitor.touch)
+        self.metrics = metrics
+        self.server = StorageServer(
+            settings,
+            self.spool,
+            self.pseudonyms.study,
+            self._stored,
+            on_rejected=self._rejected,
+        )
         self._stopped = threading.Event()
+
+    def _stored(self, study_key: str) -> None:
+        if self.metrics is not None:
+            self.metrics.instance_received()
+        self.monitor.touch(study_key)
+
+    def _rejected(self, reason_code: int) -> None:
+        if self.metrics is not None:
+            self.metrics.association_rejected(_REJECT_REASONS.get(reason_code, "other"))
 
     def _complete(self, study_key: str) -> None:
         if self.intake.claim(study_key) is not None:
+            if self.metrics is not None:
+                self.metrics.study_completed()
             self.runner.wake()
+
+    def refresh_metrics(self) -> None:
+        """Jobs by state, counted in the job store (called on every metrics scrape)."""
+        if self.metrics is not None:
+            counts = {state: 0 for state in ("queued", "running", "done", "failed")}
+            for job in self.store.list():
+                if job.state in counts:
+                    counts[job.state] += 1
+            self.metrics.set_jobs(counts)
 
     @property
     def port(self) -> int:

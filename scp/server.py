@@ -131,11 +131,13 @@ class StorageServer:
         spool: Spool,
         log_id: LogId,
         on_stored: Callable[[str], None] | None = None,
+        on_rejected: Callable[[int], None] | None = None,
     ) -> None:
         self.settings = settings
         self.spool = spool
         self.log_id = log_id
         self.on_stored = on_stored
+        self.on_rejected = on_rejected  # called with the A-ASSOCIATE-RJ reason code
         self.policy = AssociationPolicy(
             settings.ae_title, settings.allowed_calling_ae_titles, settings.allowed_networks
         )
@@ -228,6 +230,8 @@ class StorageServer:
             rej.source,
             rej.diagnostic,
         )
+        if self.on_rejected is not None:
+            self.on_rejected(rej.diagnostic)
         assoc.acse.send_reject(rej.result, rej.source, rej.diagnostic)
         evt.trigger(assoc, evt.EVT_REJECTED, {})
         assoc.kill()
