@@ -82,7 +82,7 @@ class ServerSettings:
 
     manifests: tuple[Path, ...]
     state_dir: Path
-    max_request_bytes: int = 16 * 1024 * 1024
+    max_request_bytes: int = 64 * 1024 * 1024
     max_context_bytes: int = 256 * 1024 * 1024
     max_frames: int = 1024
     workers: int = 1
@@ -217,6 +217,11 @@ async def health(request: Request) -> Response:
             "in_flight": srv.pool.in_flight,
             "capacity": srv.pool.capacity,
             "chain_head": srv.chain.head,
+            "limits": {
+                "max_request_bytes": srv.settings.max_request_bytes,
+                "max_context_bytes": srv.settings.max_context_bytes,
+                "max_frames": srv.settings.max_frames,
+            },
         }
     )
 

@@ -384,6 +384,27 @@ def test_encrypted_inference_matches_onnxruntime(env: Env) -> None:
     }
 
 
+def test_large_batch_is_split_into_requests(env: Env) -> None:
+    with client_for(env.vendor, env.pki.hospital_a, env.keys) as c:
+        _, spec = c.model_info("tiny")
+        per = spec.images_per_ciphertext
+        x = inputs(2 * per + 1, 16, seed=13)  # three ciphertexts
+        frame = len(c.session("tiny").encrypt(x[:1])[0])
+        assert c.health()["limits"]["max_request_bytes"] == 4 * 1024 * 1024
+        c._limits = {"max_request_bytes": int(2.5 * (frame + 4))}  # as if the vendor allowed two
+        res = c.infer("tiny", x)
+    assert [e.images for e in res.exchanges] == [2 * per, 1]
+    assert len({e.job for e in res.exchanges}) == 2
+    assert res.probabilities.shape == (2 * per + 1, 1)
+    assert np.max(np.abs(res.probabilities - onnx_reference(env.tiny, x))) <= TOL
+    chain = [
+        json.loads(line) for line in (env.vendor.state_dir / "chain.jsonl").read_text().splitlines()
+    ]
+    by_job = {e["job"]: e for e in chain}
+    for ex in res.exchanges:
+        assert by_job[ex.job]["request_sha256"] == ex.request_sha256
+
+
 def test_context_uploaded_once_per_hospital_key(env: Env) -> None:
     with client_for(env.vendor, env.pki.hospital_a, env.keys) as c:
         sha, _sent = c.ensure_context("tiny")
