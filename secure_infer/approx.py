@@ -9,6 +9,8 @@ the accuracy impact is reported by ``blindread model check``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 __all__ = ["ACTIVATIONS", "fit_quadratic"]
@@ -26,7 +28,12 @@ def _silu(x: np.ndarray) -> np.ndarray:
     return x * _sigmoid(x)
 
 
-ACTIVATIONS = {"Relu": _relu, "Sigmoid": _sigmoid, "Tanh": np.tanh, "SiLU": _silu}
+ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "Relu": _relu,
+    "Sigmoid": _sigmoid,
+    "Tanh": np.tanh,
+    "SiLU": _silu,
+}
 
 
 def fit_quadratic(kind: str, lo: float, hi: float, nodes: int = 64) -> tuple[float, float, float]:

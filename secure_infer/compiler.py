@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -47,7 +48,7 @@ class _Sq:
 _Op = _Lin | _Sq
 
 
-def _attrs(node: onnx.NodeProto) -> dict[str, object]:
+def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
@@ -66,8 +67,8 @@ def _conv_natural(
     oh, ow = pk.out_hw
     cog = co_n // group
     mat = np.zeros((co_n * oh * ow, c * h * wd))
-    oy, ox = np.meshgrid(np.arange(oh), np.arange(ow), indexing="ij")
-    oy, ox = oy.ravel(), ox.ravel()
+    gy, gx = np.meshgrid(np.arange(oh), np.arange(ow), indexing="ij")
+    oy, ox = gy.ravel(), gx.ravel()
     p = np.arange(oh * ow)
     for co in range(co_n):
         g = co // cog
@@ -78,7 +79,8 @@ def _conv_natural(
                     iy = oy * pk.stride[0] - pk.pads[0] + ky * pk.dilation[0]
                     ix = ox * pk.stride[1] - pk.pads[1] + kx * pk.dilation[1]
                     ok = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < wd)
-                    mat[co * oh * ow + p[ok], ci * h * wd + iy[ok] * wd + ix[ok]] += w[co, j, ky, kx]
+                    cols = ci * h * wd + iy[ok] * wd + ix[ok]
+                    mat[co * oh * ow + p[ok], cols] += w[co, j, ky, kx]
     return mat
 
 
@@ -137,17 +139,20 @@ def _spatial(node: onnx.NodeProto, shape: tuple[int, ...], kernel: tuple[int, in
     a = _attrs(node)
     if len(shape) != 3:
         raise _err(node, f"expects a [C, H, W] input, got {list(shape)}; reshape before it")
-    strides = tuple(a.get("strides", [1, 1]))  # type: ignore[arg-type]
-    dil = tuple(a.get("dilations", [1, 1]))  # type: ignore[arg-type]
-    pads = tuple(a.get("pads", [0, 0, 0, 0]))  # type: ignore[arg-type]
+    strides = tuple(a.get("strides", [1, 1]))
+    dil = tuple(a.get("dilations", [1, 1]))
+    pads = tuple(a.get("pads", [0, 0, 0, 0]))
     auto_pad = a.get("auto_pad", b"NOTSET")
     auto = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
     if a.get("ceil_mode", 0):
         raise _err(node, "ceil_mode=1 is not supported; export with ceil_mode=0")
     _, h, w = shape
     if auto in ("SAME_UPPER", "SAME_LOWER"):
-        ph = max(0, ((h + strides[0] - 1) // strides[0] - 1) * strides[0] + dil[0] * (kernel[0] - 1) + 1 - h)
-        pw = max(0, ((w + strides[1] - 1) // strides[1] - 1) * strides[1] + dil[1] * (kernel[1] - 1) + 1 - w)
+        def total(n: int, s: int, d: int, k: int) -> int:
+            return max(0, ((n + s - 1) // s - 1) * s + d * (k - 1) + 1 - n)
+
+        ph = total(h, strides[0], dil[0], kernel[0])
+        pw = total(w, strides[1], dil[1], kernel[1])
         if auto == "SAME_UPPER":
             pads = (ph // 2, pw // 2, ph - ph // 2, pw - pw // 2)
         else:
@@ -161,7 +166,7 @@ def _spatial(node: onnx.NodeProto, shape: tuple[int, ...], kernel: tuple[int, in
         (int(shape[0]), int(h), int(w)),
         kernel,
         (int(strides[0]), int(strides[1])),
-        tuple(int(p) for p in pads),  # type: ignore[arg-type]
+        (int(pads[0]), int(pads[1]), int(pads[2]), int(pads[3])),
         (int(dil[0]), int(dil[1])),
     )
     oh, ow = pk.out_hw
@@ -197,7 +202,9 @@ class _Compiler:
 
     # -- helpers ---------------------------------------------------------------------------
     def lin(self, m: np.ndarray, b: np.ndarray, kind: str = "lin") -> None:
-        self.ops.append(_Lin(np.asarray(m, dtype=np.float64), np.asarray(b, dtype=np.float64), kind))
+        self.ops.append(
+            _Lin(np.asarray(m, dtype=np.float64), np.asarray(b, dtype=np.float64), kind)
+        )
 
     def diag(self, scale: np.ndarray, bias: np.ndarray) -> None:
         self.lin(np.diag(scale), bias)
@@ -223,7 +230,9 @@ class _Compiler:
                 f"the model must have exactly one (non-initializer) input, found {len(inputs)}"
             )
         if len(self.g.output) != 1:
-            raise CompileError(f"the model must have exactly one output, found {len(self.g.output)}")
+            raise CompileError(
+                f"the model must have exactly one output, found {len(self.g.output)}"
+            )
         dims = [d.dim_value if d.HasField("dim_value") else None
                 for d in inputs[0].type.tensor_type.shape.dim]
         if len(dims) not in (2, 4) or any(d is None or d <= 0 for d in dims[1:]):
@@ -231,7 +240,7 @@ class _Compiler:
                 f"input {inputs[0].name!r} must be [N, C, H, W] or [N, F] with fixed C, H, W / F; "
                 f"got {dims}"
             )
-        shape: tuple[int, ...] = tuple(int(d) for d in dims[1:])  # type: ignore[arg-type]
+        shape: tuple[int, ...] = tuple(int(d or 0) for d in dims[1:])
         in_shape3 = shape if len(shape) == 3 else (1, 1, shape[0])
         cur = inputs[0].name
         out_name = self.g.output[0].name
@@ -258,11 +267,13 @@ class _Compiler:
                 a = _attrs(node)
                 if "value" not in a:
                     raise _err(node, "only tensor-valued Constant nodes are supported")
-                self.consts[node.output[0]] = numpy_helper.to_array(a["value"])  # type: ignore[arg-type]
+                self.consts[node.output[0]] = numpy_helper.to_array(a["value"])
                 continue
             data = [i for i in node.input if i and i not in self.consts]
             if not data:
-                raise _err(node, "constant sub-graphs are not supported; fold them (onnx-simplifier)")
+                raise _err(
+                    node, "constant sub-graphs are not supported; fold them (onnx-simplifier)"
+                )
             if any(d != cur for d in data):
                 raise _err(
                     node,
@@ -284,7 +295,7 @@ class _Compiler:
             raise CompileError(f"the graph output {out_name!r} is not produced by the main path")
         n_out = int(np.prod(shape))
         if self.packing is None:
-            self.packing = InputPacking("flat", in_shape3)  # type: ignore[arg-type]
+            self.packing = InputPacking("flat", in_shape3)
         return self.ops, self.packing, n_out, final_act
 
     def activation(self, node: onnx.NodeProto, kind: str, shape: tuple[int, ...]) -> None:
@@ -317,10 +328,9 @@ class _Compiler:
             return (size,)
         if op == "Reshape":
             target = [int(v) for v in np.asarray(consts[0]).reshape(-1)]
-            if target and target[0] in (0, -1, 1) and (len(target) == 1 or target[0] != -1 or -1 not in target[1:]):
-                rest = target[1:]
-            else:
+            if not target or target[0] not in (0, -1, 1) or (target[0] == -1 and -1 in target[1:]):
                 raise _err(node, f"reshape to {target} must keep the batch axis first")
+            rest = target[1:]
             if -1 in rest:
                 known = int(np.prod([r for r in rest if r != -1])) or 1
                 rest = [size // known if r == -1 else r for r in rest]
@@ -331,11 +341,12 @@ class _Compiler:
             w = np.asarray(consts[0], dtype=np.float64)
             if w.ndim != 4:
                 raise _err(node, "only 2-D convolutions are supported")
-            group = int(a.get("group", 1))  # type: ignore[call-overload]
+            group = int(a.get("group", 1))
             if len(shape) != 3 or shape[0] != w.shape[1] * group:
                 raise _err(node, f"weights {list(w.shape)} do not match input {list(shape)}")
             pk = _spatial(node, shape, (int(w.shape[2]), int(w.shape[3])))
-            bias = np.asarray(consts[1], dtype=np.float64) if len(consts) > 1 else np.zeros(w.shape[0])
+            bias = (np.asarray(consts[1], dtype=np.float64) if len(consts) > 1
+                    else np.zeros(w.shape[0]))
             oh, ow = pk.out_hw
             out = (int(w.shape[0]), oh, ow)
             b_nat = np.repeat(bias, oh * ow)
@@ -349,7 +360,7 @@ class _Compiler:
                 self.lin(sel, np.zeros(sel.shape[0]), "sel")
             else:
                 self.check_size(node, int(np.prod(out)), size)
-                self.lin(_conv_natural(w, group, shape, pk), b_nat)  # type: ignore[arg-type]
+                self.lin(_conv_natural(w, group, shape, pk), b_nat)
             return out
         if op in ("Gemm", "MatMul"):
             if len(shape) != 1:
@@ -361,9 +372,9 @@ class _Compiler:
                 if a.get("transA", 0):
                     raise _err(node, "transA=1 is not supported")
                 mat = w if a.get("transB", 0) else w.T
-                mat = mat * float(a.get("alpha", 1.0))  # type: ignore[arg-type]
+                mat = mat * float(a.get("alpha", 1.0))
                 bias = (np.zeros(mat.shape[0]) if len(consts) < 2 else
-                        float(a.get("beta", 1.0)) * np.broadcast_to(  # type: ignore[arg-type]
+                        float(a.get("beta", 1.0)) * np.broadcast_to(
                             np.asarray(consts[1], dtype=np.float64).reshape(-1), (mat.shape[0],)))
             else:
                 mat, bias = w.T, np.zeros(w.shape[1])
@@ -408,7 +419,7 @@ class _Compiler:
             if len(shape) < 1:
                 raise _err(node, "needs a channel axis")
             gamma, beta, mean, var = (np.asarray(v, dtype=np.float64) for v in consts[:4])
-            eps = float(a.get("epsilon", 1e-5))  # type: ignore[arg-type]
+            eps = float(a.get("epsilon", 1e-5))
             sc = gamma / np.sqrt(var + eps)
             sh = beta - mean * sc
             per = size // shape[0]
@@ -419,7 +430,7 @@ class _Compiler:
                 raise _err(node, f"expects [C, H, W], got {list(shape)}")
             if op == "GlobalAveragePool":
                 kernel = (shape[1], shape[2])
-                pk = InputPacking("im2col", shape, kernel)  # type: ignore[arg-type]
+                pk = InputPacking("im2col", shape, kernel)
                 include = False
             else:
                 ks = a.get("kernel_shape")
@@ -428,7 +439,7 @@ class _Compiler:
                 if pk.dilation != (1, 1):
                     raise _err(node, "dilated pooling is not supported")
                 include = bool(a.get("count_include_pad", 0))
-            mat, out = _pool_matrix(shape, pk, include)  # type: ignore[arg-type]
+            mat, out = _pool_matrix(shape, pk, include)
             self.lin(mat, np.zeros(mat.shape[0]))
             return out
         if op in ("Relu", "Sigmoid", "Tanh"):
@@ -499,7 +510,8 @@ def _fold(ops: list[_Op]) -> list[Stage]:
 
 
 def _signed_square_sum(stages: list[Stage]) -> list[Stage]:
-    """``Linear(A) -> Square -> Linear(1 x m)`` at the end -> complex ``Linear -> Square -> Reduce``.
+    """Rewrite a final ``Linear(A) -> Square -> Linear(1 x m)`` as complex ``Linear -> Square ->
+    Reduce``.
 
     Saves one CKKS level (more precision for the same ring, or a smaller ring).
     """

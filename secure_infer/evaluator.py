@@ -164,7 +164,7 @@ class PlanEvaluator:
         """Evaluate the plan; the result is mod-switched to the last level."""
         ev = self.evaluator
         x = ct
-        for stage, lin in zip(self.plan.stages, self.stages, strict=True):
+        for lin in self.stages:
             if isinstance(lin, _Reduce):
                 for f in lin.folds:
                     r = seal.Ciphertext()

@@ -37,7 +37,7 @@ def build_sequential(
     shape = list(input_shape)
     cur = "input"
 
-    def const(name: str, arr: np.ndarray) -> str:
+    def const(name: str, arr: np.ndarray | float) -> str:
         inits.append(numpy_helper.from_array(np.asarray(arr, dtype=np.float32), name))
         return name
 
@@ -137,7 +137,7 @@ def build_sequential(
 
 
 def demo_architecture(seed: int = 0) -> onnx.ModelProto:
-    """The demo-lesion architecture (contract) with random weights: input ``image``, output ``prob``."""
+    """The demo-lesion architecture (contract) with random weights; ``image`` -> ``prob``."""
     m = build_sequential(
         (1, 64, 64),
         [("conv", 4, 8, 8, 0), ("square",), ("flatten",), ("gemm", 32), ("square",),

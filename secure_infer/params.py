@@ -26,7 +26,9 @@ __all__ = [
 ]
 
 #: Max total coefficient-modulus bits for 128-bit classical security (HE standard, Table 1).
-MAX_COEFF_BITS_128: dict[int, int] = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881}
+MAX_COEFF_BITS_128: dict[int, int] = {
+    1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881,
+}
 
 _MAX_PRIME_BITS = 60
 _MIN_SCALE_BITS = 22
@@ -72,7 +74,9 @@ class CkksParams:
         )
 
 
-def check_security(poly_modulus_degree: int, coeff_modulus_bits: tuple[int, ...] | list[int]) -> None:
+def check_security(
+    poly_modulus_degree: int, coeff_modulus_bits: tuple[int, ...] | list[int]
+) -> None:
     """Raise :class:`ParameterError` unless the parameters reach 128-bit security."""
     limit = MAX_COEFF_BITS_128.get(poly_modulus_degree)
     if limit is None:

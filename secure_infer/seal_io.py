@@ -24,7 +24,9 @@ def _tmpdir() -> Path:
     global _dir
     with _lock:
         if _dir is None or not _dir.is_dir():
-            base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+            # tmpfs keeps ciphertext bytes off disk; mkdtemp makes a private 0700 directory.
+            shm = "/dev/shm"  # noqa: S108
+            base = shm if os.access(shm, os.W_OK) else None
             _dir = Path(tempfile.mkdtemp(prefix="blindread-seal-", dir=base))
         return _dir
 

@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import struct
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +85,7 @@ class PlanSpec:
     depth: int
     max_ciphertexts: int = MAX_CIPHERTEXTS
     notes: tuple[str, ...] = field(default=())
+    input_range: tuple[float, float] = (0.0, 1.0)
 
     @property
     def poly_modulus_degree(self) -> int:
@@ -117,6 +119,7 @@ class PlanSpec:
             "depth": self.depth,
             "max_ciphertexts": self.max_ciphertexts,
             "notes": list(self.notes),
+            "input_range": list(self.input_range),
         }
 
     @classmethod
@@ -129,7 +132,9 @@ class PlanSpec:
             steps = d["galois_steps"]
             acts = d["activations"]
             notes = d.get("notes", [])
+            rng = d.get("input_range", [0.0, 1.0])
             assert isinstance(steps, list) and isinstance(acts, list) and isinstance(notes, list)
+            assert isinstance(rng, list | tuple) and len(rng) == 2 and rng[0] < rng[1]
             spec = cls(
                 model=str(d["model"]),
                 version=str(d["version"]),
@@ -144,6 +149,7 @@ class PlanSpec:
                 depth=int(d["depth"]),  # type: ignore[call-overload]
                 max_ciphertexts=int(d.get("max_ciphertexts", MAX_CIPHERTEXTS)),  # type: ignore[call-overload]
                 notes=tuple(str(n) for n in notes),
+                input_range=(float(rng[0]), float(rng[1])),
             )
         except ParameterError:
             raise
@@ -215,6 +221,7 @@ def build_spec(
         plan_sha256=plan.digest(),
         depth=plan.depth,
         notes=tuple(plan.notes),
+        input_range=(float(input_range[0]), float(input_range[1])),
     )
     return spec, ev
 
@@ -281,15 +288,17 @@ def _galois_elts(context: seal.SEALContext, steps: Sequence[int]) -> list[int]:
 
 def _write_private(path: Path, data: bytes) -> None:
     """Write a 0600 file atomically (temp file, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 # --------------------------------------------------------------------------------------------
@@ -395,6 +404,11 @@ class VendorModel:
             try:
                 load_into(obj, sections[name], self._context)
             except Exception:
+                if _is_secret_key(sections[name], self._context):
+                    raise ContextError(
+                        f"section {name} holds a secret key; send only the public context",
+                        code="secret_key_present",
+                    ) from None
                 raise ContextError(f"unreadable {name}", code="malformed_context") from None
             if not seal.is_valid_for(obj, self._context):
                 raise ContextError(f"invalid {name}", code="malformed_context")
@@ -442,6 +456,14 @@ class VendorModel:
             ev.add_inplace(y, zero)
             out.append(_frame(y, ctx.sha256))
         return out
+
+
+def _is_secret_key(blob: bytes, context: seal.SEALContext) -> bool:
+    try:
+        load_into(seal.SecretKey(), blob, context)
+    except Exception:
+        return False
+    return True
 
 
 def _foreign_context(data: bytes) -> ContextError:
@@ -524,6 +546,15 @@ class HospitalSession:
             arr = arr[None]
         if arr.shape[1:] != shape and arr.reshape(arr.shape[0], -1).shape[1] != int(np.prod(shape)):
             raise InferenceError(f"input shape {list(arr.shape)} does not match {list(shape)}")
+        lo, hi = self.spec.input_range
+        tol = 1e-6 * max(1.0, hi - lo)
+        if arr.size and (not np.isfinite(arr).all() or arr.min() < lo - tol
+                         or arr.max() > hi + tol):
+            # the plan's headroom was sized for this range: outside it outputs could wrap around
+            raise InferenceError(
+                f"input values outside the model's declared range [{lo}, {hi}]; preprocess first",
+                code="input_out_of_range",
+            )
         vec = self.spec.packing.pack(arr)
         per = self.spec.images_per_ciphertext
         slots = self.spec.params.slots

@@ -1,4 +1,4 @@
-"""Compiler and parameter selection: the clear plan must equal onnxruntime; bad models fail clearly."""
+"""Compiler and parameter selection: clear plans equal onnxruntime; bad models fail clearly."""
 
 from __future__ import annotations
 

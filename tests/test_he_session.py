@@ -68,7 +68,8 @@ def test_encrypted_matches_onnxruntime(idx: int, tmp_path: Path) -> None:
     outs = vm.evaluate(ctx, cts)
     got = hs.predict_proba(outs, n)
     clear = vm.plan.forward_clear(vm.plan.packing.pack(x))
-    np.testing.assert_allclose(hs.decrypt(outs, n), clear, atol=1e-3 * max(1.0, np.abs(clear).max()))
+    tol = 1e-3 * max(1.0, np.abs(clear).max())
+    np.testing.assert_allclose(hs.decrypt(outs, n), clear, atol=tol)
     if approx is None:
         np.testing.assert_allclose(got, ort_run(model, x), atol=2e-3)
 
@@ -115,6 +116,11 @@ def test_context_with_secret_key_refused(pair: tuple[VendorModel, HospitalSessio
     vm, hs, _ = pair
     sec = _sections(hs)
     sec["secret_key"] = save_bytes(hs._sk)
+    with pytest.raises(ContextError) as exc:
+        vm.load_context(_pack_sections(sec))
+    assert exc.value.code == "secret_key_present"
+    sec = _sections(hs)
+    sec["public_key"] = save_bytes(hs._sk)  # a secret key disguised as the public key
     with pytest.raises(ContextError) as exc:
         vm.load_context(_pack_sections(sec))
     assert exc.value.code == "secret_key_present"
@@ -216,3 +222,14 @@ def test_spec_roundtrip_and_weak_spec_refused(
         PlanSpec.from_json(weak)
     with pytest.raises(ParameterError):
         PlanSpec.from_json({"format": 1})
+
+
+def test_out_of_range_input_refused(pair: tuple[VendorModel, HospitalSession, Path]) -> None:
+    from secure_infer.errors import InferenceError
+
+    _, hs, _ = pair
+    with pytest.raises(InferenceError) as exc:
+        hs.encrypt(np.full((1, 8), 3.0))
+    assert exc.value.code == "input_out_of_range"
+    with pytest.raises(InferenceError):
+        hs.encrypt(np.full((1, 8), np.nan))
