@@ -646,32 +646,39 @@ def test_client_retries_after_503(env: Env) -> None:
         t.join(timeout=120)
 
 
-# ------------------------------------------------------------------ restart
-def test_context_survives_restart(tmp_path: Path) -> None:
+# ------------------------------------------------------------------ restart + demo model
+DEMO = ROOT / "secure_infer" / "models" / "demo-lesion" / "manifest.yaml"
+
+
+def test_demo_model_and_context_survive_restart(tmp_path: Path) -> None:
+    """The shipped demo model end to end on phantoms; its context is still there after a restart."""
+    from secure_infer.demo.phantoms import labelled_set
+
     pki = make_pki(tmp_path)
-    tiny = write_model_package(tmp_path / "models", "tiny", side=16, kernel=4, seed=1)
-    vp = VendorProcess(tmp_path / "srv", pki, [tiny])
+    vp = VendorProcess(tmp_path / "srv", pki, [DEMO], max_request_bytes=8 * 1024 * 1024)
     keys = tmp_path / "keys"
-    x = inputs(1, 16, seed=12)
+    x, labels = labelled_set(seed=2024, n=4)
+    ref = onnx_reference(DEMO, x)
     vp.start()
     try:
         with client_for(vp, pki.hospital_a, keys) as c:
-            first = c.infer("tiny", x)
+            first = c.infer("demo-lesion", x)
     finally:
         vp.stop()
     assert first.context_bytes_uploaded > 0
+    assert np.max(np.abs(first.probabilities - ref)) <= TOL, (first.probabilities, ref)
+    assert np.array_equal(first.probabilities > 0.5, ref > 0.5)
     vp.start()
     try:
         with client_for(vp, pki.hospital_a, keys) as c:
-            second = c.infer("tiny", x)
+            second = c.infer("demo-lesion", x[:1])
     finally:
         vp.stop()
-    assert second.context_bytes_uploaded == 0  # the vendor still had it
+    assert second.context_bytes_uploaded == 0  # the vendor still had it after the restart
     assert second.context_sha256 == first.context_sha256
-    assert np.max(np.abs(second.probabilities - onnx_reference(tiny, x))) <= TOL
-    # re-randomized: the same input gives different ciphertexts (and response bytes)
-    assert second.response_sha256 != first.response_sha256
-    assert verify_chain(vp.state_dir / "chain.jsonl") == 2
+    assert np.max(np.abs(second.probabilities - ref[:1])) <= TOL
+    assert verify_chain(vp.state_dir / "chain.jsonl") == len(first.exchanges) + 1
     # logs carry job tokens and hashes only
     log = vp.log()
     assert first.job in log and second.job in log
+    assert labels.shape == (4,)
