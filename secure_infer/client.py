@@ -9,6 +9,13 @@ outputs and apply the manifest's final activation in clear. Nothing decrypted is
 
 Retries: 503 (honouring Retry-After) and connection failures are retried with exponential
 backoff up to ``max_attempts``; a certificate verification failure is not (it will not heal).
+Use from the node (one client per configured vendor, reused across jobs)::
+
+    settings = cfg.vendors["acme"].client_settings()
+    with VendorClient(settings, cfg.node.keys / "ckks" / "acme") as vendor:
+        result = vendor.infer(model_name, preprocessed_batch)   # [N, C, H, W]
+    # record result.exchanges (job, request/response SHA-256, chain entry) in the audit ledger
+
 A retried POST may be evaluated twice by the vendor; both sides' chains then show the same job
 token twice, which is harmless because requests carry no identifiers and are never re-decrypted
 into a different study.

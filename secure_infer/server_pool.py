@@ -193,10 +193,15 @@ class EvalPool:
         self.in_flight += 1
         executor = self._executor
         try:
-            fut = loop.run_in_executor(executor, _run_task, task, *args)
-        except BrokenProcessPool:
+            try:
+                fut = loop.run_in_executor(executor, _run_task, task, *args)
+            except BrokenProcessPool:
+                # a worker died while idle: start a fresh pool and submit there
+                log.error("worker pool broken (a worker died); restarting it")
+                self._executor = executor = self._new_executor()
+                fut = loop.run_in_executor(executor, _run_task, task, *args)
+        except BaseException:
             self.in_flight -= 1
-            self._executor = self._new_executor()
             raise
         fut.add_done_callback(self._done)
         try:

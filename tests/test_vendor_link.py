@@ -646,6 +646,55 @@ def test_client_retries_after_503(env: Env) -> None:
         t.join(timeout=120)
 
 
+# ------------------------------------------------------------------ worker crash
+def _worker_pids(vp: VendorProcess) -> list[int]:
+    assert vp.proc is not None
+    out = []
+    children = Path(f"/proc/{vp.proc.pid}/task/{vp.proc.pid}/children").read_text().split()
+    for pid in children:
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except FileNotFoundError:
+            continue
+        if b"spawn_main" in cmd:
+            out.append(int(pid))
+    return out
+
+
+def test_worker_crash_fails_one_request_and_the_server_recovers(env: Env) -> None:
+    import signal
+
+    sess = _session(env)
+    sha = sess.context_sha256()
+    slow = sess.encrypt(inputs(3 * sess.spec.images_per_ciphertext, 16, seed=14))
+    got: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: got.setdefault("resp", _infer_raw(env, slow, sha)))
+    t.start()
+    try:
+        with raw_client(env.vendor, env.pki.hospital_a) as c:
+            while c.get("/v1/health").json()["in_flight"] < 1:
+                time.sleep(0.005)
+        pids = _worker_pids(env.vendor)
+        assert pids
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)  # a native crash in SEAL would look the same
+    finally:
+        t.join(timeout=120)
+    _expect(env, got["resp"], 500, "worker_crashed")
+    # the pool was rebuilt: the next request is evaluated normally
+    x = inputs(1, 16, seed=15)
+    with client_for(env.vendor, env.pki.hospital_a, env.keys) as cl:
+        res = cl.infer("tiny", x)
+    assert np.max(np.abs(res.probabilities - onnx_reference(env.tiny, x))) <= TOL
+    # a worker that dies while idle is replaced too
+    for pid in _worker_pids(env.vendor):
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(0.5)
+    with client_for(env.vendor, env.pki.hospital_a, env.keys) as cl:
+        res = cl.infer("tiny", x)
+    assert np.max(np.abs(res.probabilities - onnx_reference(env.tiny, x))) <= TOL
+
+
 # ------------------------------------------------------------------ restart + demo model
 DEMO = ROOT / "secure_infer" / "models" / "demo-lesion" / "manifest.yaml"
 
