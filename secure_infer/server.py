@@ -453,9 +453,9 @@ def serve(
     """Run the vendor server until SIGTERM/SIGINT."""
     import uvicorn
 
+    ssl_ctx = build_ssl_context(tls)  # fail fast on unreadable TLS files, before compiling
     server = VendorServer(settings)
     app = build_app(server)
-    ssl_ctx = build_ssl_context(tls)
     config = uvicorn.Config(
         app,
         host=host,

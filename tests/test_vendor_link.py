@@ -281,7 +281,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     pki = make_pki(root)
     tiny = write_model_package(root / "models", "tiny", side=16, kernel=4, seed=1)
     other = write_model_package(root / "models", "other", side=8, kernel=2, seed=2, mlp=True)
-    vp = VendorProcess(root / "srv", pki, [tiny, other], max_request_bytes=4 * 1024 * 1024)
+    vp = VendorProcess(
+        root / "srv", pki, [tiny, other], max_request_bytes=4 * 1024 * 1024, read_timeout_seconds=2
+    )
     vp.start()
     try:
         yield Env(vp, pki, tiny, other, root / "hospital-keys")
@@ -592,6 +594,35 @@ def test_oversize_request_gets_413(env: Env) -> None:
     # far beyond the limit: refused from Content-Length without reading the body
     resp = _infer_raw(env, b"\x00" * (20 * 1024 * 1024), sha)
     _expect(env, resp, 413, "request_too_large")
+
+
+def test_slow_body_times_out(env: Env) -> None:
+    """A client that stops sending its body (slowloris) gets 503 timeout after read_timeout."""
+    import socket
+
+    ctx = ssl.create_default_context(cafile=str(env.pki.ca))
+    ctx.load_cert_chain(str(env.pki.hospital_a.cert), str(env.pki.hospital_a.key))
+    head = (
+        "POST /v1/models/tiny/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n"
+        f"{H_JOB}: {new_job_token()}\r\n{H_CONTEXT}: {'a' * 64}\r\n\r\n"
+    ).encode()
+    t0 = time.monotonic()
+    with (
+        socket.create_connection(("127.0.0.1", env.vendor.port), timeout=30) as raw,
+        ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s,
+    ):
+        s.sendall(head + b"BRF1")
+        data = b""
+        while b"}" not in data:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    elapsed = time.monotonic() - t0
+    assert data.startswith(b"HTTP/1.1 503"), data[:200]
+    assert b'"error":"timeout"' in data
+    assert 1.5 <= elapsed < 20
+    assert_healthy(env)
 
 
 # ------------------------------------------------------------------ saturation

@@ -283,3 +283,19 @@ def test_vendor_unit_verifies_and_is_hardened(tmp_path: Path) -> None:
     res = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
     assert res.stderr.strip() == "", res.stderr
+
+
+def test_vendor_serve_refuses_bad_config_and_missing_tls(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("listen: {port: 70000}\n")
+    assert main(["vendor", "serve", "--config", str(bad)]) == 2
+    assert "listen.port: must be <= 65535" in capsys.readouterr().err
+    missing = tmp_path / "v.yaml"
+    missing.write_text(
+        "tls: {cert: nope.crt, key: nope.key, client_ca: ca.crt}\nmodels: [m/manifest.yaml]\n"
+        f"state_dir: {tmp_path / 'state'}\nlisten: {{port: 1}}\n"
+    )
+    assert main(["vendor", "serve", "--config", str(missing)]) == 2
+    assert "cannot start" in capsys.readouterr().err
