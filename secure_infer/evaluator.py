@@ -36,14 +36,17 @@ def slot_layout(values: np.ndarray, period: int, elements: int, images: int) -> 
     return np.repeat(np.tile(values, elements // period), images)
 
 
-def _best_split(keys: list[int]) -> int:
+def _best_split(keys: list[int], baby_cost: float = 2.0) -> int:
+    """Baby-step size minimizing rotations. Baby steps rotate the stage input, giant steps the
+    products; on a freshly rescaled input a rotation's key-switching noise is not negligible, so
+    there ``baby_cost`` makes baby steps expensive; ties go to fewer baby steps."""
     best, best_cost = 1, None
     b = 1
     top = max(keys) + 1
     while b <= 2 * top:
         babies = {k % b for k in keys}
         giants = {k - k % b for k in keys}
-        cost = len(babies - {0}) + len(giants - {0})
+        cost = baby_cost * len(babies - {0}) + 2 * len(giants - {0}) + 0.01 * len(babies)
         if best_cost is None or cost < best_cost:
             best, best_cost = b, cost
         b *= 2
@@ -94,8 +97,20 @@ class PlanEvaluator:
         return sorted(self.steps)
 
     def _prepare(self) -> None:
+        """Encode every plaintext at the level and scale it will meet (mirrors :meth:`run`).
+
+        Rescaling is lazy: a ciphertext is rescaled only right before a ciphertext-ciphertext
+        multiplication and at the end. Every rotation therefore acts on a ciphertext whose scale
+        still includes a whole prime (~2^60 instead of ~2^30), which makes the key-switching
+        rounding noise negligible; eager rescaling lost ~4 bits of precision to it.
+        """
         cd = self.context.first_context_data()
         scale = self.input_scale
+        pending = 0
+
+        def primes() -> list[float]:
+            return [float(m.value()) for m in cd.parms().coeff_modulus()]
+
         for stage in self.plan.stages:
             if isinstance(stage, ReduceStage):
                 folds = []
@@ -111,32 +126,39 @@ class PlanEvaluator:
                     self.encoder.encode(stage.bias, cd.parms_id(), scale, bias)
                 self.stages.append(_Reduce(folds, bias))
                 continue
-            parms_id = cd.parms_id()
-            q = float(cd.parms().coeff_modulus()[-1].value())
             if isinstance(stage, LinearStage):
-                self.stages.append(self._encode_linear(stage, parms_id, q))
-                new_scale = scale * q / q
-            else:
-                self.stages.append(None)
-                new_scale = scale * scale / q
+                w_scale = primes()[-(pending + 1)]
+                lin = self._encode_linear(stage, cd.parms_id(), w_scale, pending > 0)
+                scale = scale * w_scale
+                pending += 1
+                if stage.bias.any():
+                    b = np.zeros(stage.out_dim, dtype=stage.bias.dtype)
+                    b[: stage.bias.shape[0]] = stage.bias
+                    pt = seal.Plaintext()
+                    self.encoder.encode(
+                        _values(slot_layout(b, stage.out_dim, self.elements, self.images)),
+                        cd.parms_id(), scale, pt,
+                    )
+                    lin.bias = pt
+                self.stages.append(lin)
+                continue
+            for _ in range(pending):
+                scale = scale / primes()[-1]
+                cd = cd.next_context_data()
+            pending = 1
+            scale = scale * scale
+            self.stages.append(None)
+        for _ in range(pending):
+            scale = scale / primes()[-1]
             cd = cd.next_context_data()
-            scale = new_scale
-            lin = self.stages[-1]
-            if isinstance(lin, _Linear) and isinstance(stage, LinearStage) and stage.bias.any():
-                b = np.zeros(stage.out_dim, dtype=stage.bias.dtype)
-                b[: stage.bias.shape[0]] = stage.bias
-                pt = seal.Plaintext()
-                self.encoder.encode(
-                    _values(slot_layout(b, stage.out_dim, self.elements, self.images)),
-                    cd.parms_id(), scale, pt,
-                )
-                lin.bias = pt
         self.output_scale = scale
 
-    def _encode_linear(self, stage: LinearStage, parms_id: list[int], q: float) -> _Linear:
+    def _encode_linear(
+        self, stage: LinearStage, parms_id: list[int], q: float, high_scale: bool
+    ) -> _Linear:
         d = diagonals(stage)
         keys = sorted(d.diags)
-        split = _best_split(keys)
+        split = _best_split(keys, 2.0 if high_scale else 10.0)
         babies = sorted({k % split for k in keys})
         giants: dict[int, list[tuple[int, seal.Plaintext]]] = {}
         for k in keys:
@@ -164,6 +186,7 @@ class PlanEvaluator:
         """Evaluate the plan; the result is mod-switched to the last level."""
         ev = self.evaluator
         x = ct
+        pending = 0
         for lin in self.stages:
             if isinstance(lin, _Reduce):
                 for f in lin.folds:
@@ -177,11 +200,12 @@ class PlanEvaluator:
                     ev.add_plain_inplace(x, lin.bias)
                 continue
             if lin is None:
+                for _ in range(pending):
+                    ev.rescale_to_next_inplace(x)
                 y = seal.Ciphertext()
                 ev.square(x, y)
                 ev.relinearize_inplace(y, relin)
-                ev.rescale_to_next_inplace(y)
-                x = y
+                x, pending = y, 1
                 continue
             rots = {0: x}
             for b in lin.babies:
@@ -207,15 +231,16 @@ class PlanEvaluator:
                 else:
                     ev.add_inplace(acc, inner)
             assert acc is not None
-            ev.rescale_to_next_inplace(acc)
             for f in lin.folds:
                 r = seal.Ciphertext()
                 ev.rotate_vector(acc, f * self.images, galois, r)
                 ev.add_inplace(acc, r)
             if lin.bias is not None:
                 ev.add_plain_inplace(acc, lin.bias)
-            x = acc
+            x, pending = acc, pending + 1
             del rots
+        for _ in range(pending):
+            ev.rescale_to_next_inplace(x)
         last = self.context.last_parms_id()
         if x.parms_id() != last:
             ev.mod_switch_to_inplace(x, last)
