@@ -61,6 +61,7 @@ def main() -> int:
     )
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--workers", type=int, default=1, help="vendor worker processes")
     args = ap.parse_args()
     manifest = load_manifest(args.manifest)
     shape = tuple(manifest.input.shape)
@@ -79,7 +80,11 @@ def main() -> int:
             },
             "models": [str(args.manifest.resolve())],
             "state_dir": str(tmp / "state"),
-            "limits": {"workers": 1, "queue_size": 4, "max_request_bytes": 256 * 1024 * 1024},
+            "limits": {
+                "workers": args.workers,
+                "queue_size": 4,
+                "max_request_bytes": 256 * 1024 * 1024,
+            },
             "log_level": "WARNING",
         }
         (tmp / "vendor.yaml").write_text(yaml.safe_dump(cfg))

@@ -35,7 +35,7 @@ from starlette.routing import Route
 
 from secure_infer.certs import cert_common_name, cert_fingerprint
 from secure_infer.chain import HashChain
-from secure_infer.errors import InferenceError, ModelNotFoundError
+from secure_infer.errors import CiphertextError, InferenceError, ModelNotFoundError
 from secure_infer.framing import MEDIA_TYPE, decode_frames, encode_frames, frames_sha256
 from secure_infer.server_pool import EvalPool
 from secure_infer.server_store import ContextStore, hospital_namespace
@@ -297,6 +297,42 @@ async def get_context(request: Request) -> Response:
     return JSONResponse({"sha256": sha, "bytes": size})
 
 
+async def _evaluate_split(
+    srv: VendorServer, model: str, hosp: _Hospital, ctx_sha: str, inputs: list[bytes]
+) -> tuple[list[bytes], float, float]:
+    """Evaluate ``inputs``, split across idle workers when there are several.
+
+    Ciphertexts are independent, so a batch is cut into contiguous parts evaluated in parallel
+    (one pool slot each) and the outputs are concatenated in order. Returns
+    ``(outputs, evaluate_seconds, queue_seconds)`` (the slowest part's figures).
+    """
+    parts = max(1, min(srv.pool.workers, len(inputs), srv.pool.free_slots))
+    bounds = [(len(inputs) * i // parts, len(inputs) * (i + 1) // parts) for i in range(parts)]
+    results = await asyncio.gather(
+        *(
+            srv.pool.submit(
+                "evaluate",
+                model,
+                hosp.namespace,
+                ctx_sha,
+                inputs[a:b],
+                timeout=srv.settings.evaluate_timeout,
+            )
+            for a, b in bounds
+        ),
+        return_exceptions=True,
+    )
+    outputs: list[bytes] = []
+    eval_s = queue_s = 0.0
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+        (part, part_eval), part_queue = r
+        outputs.extend(part)
+        eval_s, queue_s = max(eval_s, part_eval), max(queue_s, part_queue)
+    return outputs, eval_s, queue_s
+
+
 async def infer(request: Request) -> Response:
     srv = _srv(request)
     hosp = _hospital(request)
@@ -307,15 +343,13 @@ async def infer(request: Request) -> Response:
     inputs = decode_frames(body, srv.settings.max_frames)
     if not inputs:
         raise BadRequestError("no ciphertexts in the request")
+    limit = int(getattr(vm.spec, "max_ciphertexts", len(inputs)))
+    if len(inputs) > limit:
+        raise CiphertextError(
+            f"expected 1..{limit} ciphertexts, got {len(inputs)}", code="wrong_count"
+        )
     t_body = time.monotonic()
-    (outputs, eval_s), queue_s = await srv.pool.submit(
-        "evaluate",
-        vm.manifest.name,
-        hosp.namespace,
-        ctx_sha,
-        inputs,
-        timeout=srv.settings.evaluate_timeout,
-    )
+    outputs, eval_s, queue_s = await _evaluate_split(srv, vm.manifest.name, hosp, ctx_sha, inputs)
     out_body = encode_frames(outputs)
     req_sha = frames_sha256(body)
     resp_sha = frames_sha256(out_body)

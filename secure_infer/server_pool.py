@@ -228,5 +228,10 @@ class EvalPool:
             self._ewma = elapsed if self._ewma is None else 0.7 * self._ewma + 0.3 * elapsed
         return value, max(0.0, started - submitted)
 
+    @property
+    def free_slots(self) -> int:
+        """Jobs that can be admitted right now."""
+        return max(0, self.capacity - self.in_flight)
+
     def _done(self, _fut: asyncio.Future[Any]) -> None:
         self.in_flight -= 1

@@ -735,7 +735,10 @@ def test_demo_model_and_context_survive_restart(tmp_path: Path) -> None:
     from secure_infer.demo.phantoms import labelled_set
 
     pki = make_pki(tmp_path)
-    vp = VendorProcess(tmp_path / "srv", pki, [DEMO], max_request_bytes=8 * 1024 * 1024)
+    # two workers: a batch of several ciphertexts is split across them
+    vp = VendorProcess(
+        tmp_path / "srv", pki, [DEMO], max_request_bytes=8 * 1024 * 1024, workers=2, queue_size=2
+    )
     keys = tmp_path / "keys"
     x, labels = labelled_set(seed=2024, n=4)
     ref = onnx_reference(DEMO, x)
