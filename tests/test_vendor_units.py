@@ -299,3 +299,27 @@ def test_vendor_serve_refuses_bad_config_and_missing_tls(
     )
     assert main(["vendor", "serve", "--config", str(missing)]) == 2
     assert "cannot start" in capsys.readouterr().err
+
+
+def test_client_gives_up_after_max_attempts_on_connection_errors(tmp_path: Path) -> None:
+    import time
+
+    from secure_infer.client import ClientSettings, VendorClient, VendorUnavailableError
+    from tests.peers import free_port
+
+    certs.create_ca(tmp_path / "ca")
+    pair = certs.issue_client_cert(tmp_path / "ca", tmp_path / "tls", "hospital-a")
+    settings = ClientSettings(
+        url=f"https://127.0.0.1:{free_port()}",  # nobody listens
+        client_cert=pair.cert,
+        client_key=pair.key,
+        ca=tmp_path / "ca" / "ca.crt",
+        max_attempts=3,
+        initial_backoff=0.05,
+        max_backoff=0.1,
+    )
+    t0 = time.monotonic()
+    with VendorClient(settings, tmp_path / "keys") as c, pytest.raises(VendorUnavailableError) as e:
+        c.health()
+    assert "after 3 attempts" in str(e.value) and "ConnectError" in str(e.value)
+    assert time.monotonic() - t0 >= 0.15  # backed off 0.05 + 0.1
