@@ -231,6 +231,19 @@ def test_vendor_config_relative_paths(tmp_path: Path) -> None:
     assert cfg.tls.cert == tmp_path / "t" / "s.crt"
     assert cfg.models == (tmp_path / "m" / "manifest.yaml",)
     assert cfg.state_dir == tmp_path / "state"
+    for name in ("b", "a", "m"):
+        (tmp_path / "zoo" / name).mkdir(parents=True)
+        (tmp_path / "zoo" / name / "manifest.yaml").write_text("name: x\n")
+    p.write_text(p.read_text() + "models_dir: zoo\n")
+    found = load_vendor_config(p).manifest_paths()
+    assert found == (
+        tmp_path / "m" / "manifest.yaml",
+        *(tmp_path / "zoo" / n / "manifest.yaml" for n in ("a", "b", "m")),
+    )
+    p.write_text("tls: {cert: a, key: b, client_ca: c}\n")
+    with pytest.raises(ConfigError) as info:
+        load_vendor_config(p)
+    assert any("list at least one manifest.yaml" in x for x in info.value.problems)
 
 
 def test_vendor_peer_section_requires_https() -> None:
