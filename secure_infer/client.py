@@ -16,9 +16,9 @@ Use from the node (one client per configured vendor, reused across jobs)::
         result = vendor.infer(model_name, preprocessed_batch)   # [N, C, H, W]
     # record result.exchanges (job, request/response SHA-256, chain entry) in the audit ledger
 
-A retried POST may be evaluated twice by the vendor; both sides' chains then show the same job
-token twice, which is harmless because requests carry no identifiers and are never re-decrypted
-into a different study.
+A retried POST keeps its job token: the vendor replays its recent answer to the same job and
+request instead of evaluating again (one chain entry per job); a job token sent with a different
+request is refused (409 ``job_token_reused``).
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ import hashlib
 import logging
 import ssl
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,6 +117,25 @@ class _Hospital:
         return self.fingerprint[:12]
 
 
+_REPLAY_CACHE = 64
+
+
+@dataclass(frozen=True)
+class _Answered:
+    """A recent answer, replayed when a client retries the same job (e.g. after a lost reply)."""
+
+    request_sha256: str
+    body: bytes
+    headers: dict[str, str]
+
+
+class JobReusedError(InferenceError):
+    """A job token was sent again with a different request."""
+
+    code = "job_token_reused"
+    http_status = 409
+
+
 class VendorServer:
     """State shared by the request handlers: models, context store, pool, chain."""
 
@@ -132,6 +152,7 @@ class VendorServer:
         settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.store = ContextStore(settings.state_dir / "contexts")
         self.chain = HashChain(settings.state_dir / "chain.jsonl")
+        self._answered: OrderedDict[tuple[str, str], _Answered] = OrderedDict()
         self.pool = EvalPool(
             settings.manifests,
             self.store.root,
@@ -139,6 +160,15 @@ class VendorServer:
             settings.queue_size,
             settings.context_cache,
         )
+
+    def recall(self, namespace: str, job: str) -> _Answered | None:
+        """The answer already given to this hospital's job token, if recent."""
+        return self._answered.get((namespace, job))
+
+    def remember(self, namespace: str, job: str, answered: _Answered) -> None:
+        self._answered[(namespace, job)] = answered
+        while len(self._answered) > _REPLAY_CACHE:
+            self._answered.popitem(last=False)
 
     def model(self, name: str) -> Any:
         try:
@@ -343,6 +373,13 @@ async def infer(request: Request) -> Response:
     inputs = decode_frames(body, srv.settings.max_frames)
     if not inputs:
         raise BadRequestError("no ciphertexts in the request")
+    req_sha = frames_sha256(body)
+    seen = srv.recall(hosp.namespace, job)
+    if seen is not None:
+        if seen.request_sha256 != req_sha:
+            raise JobReusedError("this job token was already used for another request")
+        log.info("infer job=%s replayed (retry of an answered request)", job)
+        return Response(seen.body, media_type=MEDIA_TYPE, headers=seen.headers)
     limit = int(getattr(vm.spec, "max_ciphertexts", len(inputs)))
     if len(inputs) > limit:
         raise CiphertextError(
@@ -351,7 +388,6 @@ async def infer(request: Request) -> Response:
     t_body = time.monotonic()
     outputs, eval_s, queue_s = await _evaluate_split(srv, vm.manifest.name, hosp, ctx_sha, inputs)
     out_body = encode_frames(outputs)
-    req_sha = frames_sha256(body)
     resp_sha = frames_sha256(out_body)
     entry = await anyio.to_thread.run_sync(
         lambda: srv.chain.append(
@@ -377,18 +413,16 @@ async def infer(request: Request) -> Response:
         queue_s,
         eval_s,
     )
-    return Response(
-        out_body,
-        media_type=MEDIA_TYPE,
-        headers={
-            H_JOB: job,
-            H_MODEL_VERSION: vm.manifest.version,
-            H_CHAIN: entry["entry_hash"],
-            H_EVALUATE_SECONDS: f"{eval_s:.6f}",
-            H_QUEUE_SECONDS: f"{queue_s:.6f}",
-            H_SERVER_SECONDS: f"{server_s:.6f}",
-        },
-    )
+    headers = {
+        H_JOB: job,
+        H_MODEL_VERSION: vm.manifest.version,
+        H_CHAIN: entry["entry_hash"],
+        H_EVALUATE_SECONDS: f"{eval_s:.6f}",
+        H_QUEUE_SECONDS: f"{queue_s:.6f}",
+        H_SERVER_SECONDS: f"{server_s:.6f}",
+    }
+    srv.remember(hosp.namespace, job, _Answered(req_sha, out_body, headers))
+    return Response(out_body, media_type=MEDIA_TYPE, headers=headers)
 
 
 async def _inference_error(request: Request, exc: Exception) -> Response:

@@ -407,6 +407,21 @@ def test_large_batch_is_split_into_requests(env: Env) -> None:
         assert by_job[ex.job]["request_sha256"] == ex.request_sha256
 
 
+def test_retried_job_is_replayed_not_reevaluated(env: Env) -> None:
+    sess = _session(env)
+    sha = sess.context_sha256()
+    frames = sess.encrypt(inputs(1, 16, seed=16))
+    job = new_job_token()
+    first = _infer_raw(env, frames, sha, job=job)
+    again = _infer_raw(env, frames, sha, job=job)  # e.g. the first answer was lost
+    assert first.status_code == again.status_code == 200
+    assert again.content == first.content
+    chain = (env.vendor.state_dir / "chain.jsonl").read_text()
+    assert chain.count(job) == 1  # one evaluation, one chain entry
+    other = sess.encrypt(inputs(1, 16, seed=17))
+    _expect(env, _infer_raw(env, other, sha, job=job), 409, "job_token_reused")
+
+
 def test_context_uploaded_once_per_hospital_key(env: Env) -> None:
     with client_for(env.vendor, env.pki.hospital_a, env.keys) as c:
         sha, _sent = c.ensure_context("tiny")
