@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m node.demo
+	$(PY) -m node.demo_run
 
 test: $(STAMP)
 	$(PY) -m pytest -q

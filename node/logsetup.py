@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-__all__ = ["configure_logging"]
+__all__ = ["configure_logging", "quiet_loggers"]
 
 
 def configure_logging(level: str = "INFO") -> None:
@@ -15,4 +15,15 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, root.level))
+    quiet_loggers()
+
+
+# Libraries whose INFO/DEBUG lines can carry raw UIDs or dataset contents (highdicom logs the
+# UID of every dataset it copies modules from; pynetdicom can dump whole datasets at DEBUG).
+_NOISY = ("pynetdicom", "highdicom", "httpx", "httpcore")
+
+
+def quiet_loggers() -> None:
+    """Keep third-party loggers that may print identifiers at WARNING or above."""
+    for name in _NOISY:
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -1,8 +1,48 @@
 """DICOM networking: association policy, Storage SCP with durable spool, study completion, SCU.
 
-Knows nothing of encryption, routing rules or the node's config file.
+Knows nothing of encryption, routing rules or the node's config file: callers pass plain
+settings dataclasses and a ``log_id`` pseudonymizer.
 """
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from scp import status
+from scp.errors import InvalidInstanceError, ScpError, SendError, SpoolFullError
+from scp.policy import AssociationPolicy, Rejection
+from scp.sender import SendReport, StorageSender, echo
+from scp.server import ACCEPTED_TRANSFER_SYNTAXES, StorageServer
+from scp.settings import (
+    CompletionSettings,
+    DestinationSettings,
+    LogId,
+    ScpSettings,
+    SenderSettings,
+    TlsSettings,
+)
+from scp.spool import Spool, SpooledStudy, StoredInstance
+from scp.study import CompletionMonitor
+
+__all__ = [
+    "ACCEPTED_TRANSFER_SYNTAXES",
+    "AssociationPolicy",
+    "CompletionMonitor",
+    "CompletionSettings",
+    "DestinationSettings",
+    "InvalidInstanceError",
+    "LogId",
+    "Rejection",
+    "ScpError",
+    "ScpSettings",
+    "SendError",
+    "SendReport",
+    "SenderSettings",
+    "Spool",
+    "SpoolFullError",
+    "SpooledStudy",
+    "StorageSender",
+    "StorageServer",
+    "StoredInstance",
+    "TlsSettings",
+    "echo",
+    "status",
+]

@@ -65,7 +65,8 @@ def _describe(err: ErrorDetails) -> str:
         shown = repr(err["input"])
         if len(shown) > 80:
             shown = shown[:77] + "..."
-        msg += f", got {shown}"
+        if shown not in msg:  # a message that already quotes the value needs no repeat
+            msg += f", got {shown}"
     return msg
 
 

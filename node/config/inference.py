@@ -27,6 +27,9 @@ class VendorPeerSection(FrozenModel):
     max_attempts: int = Field(default=5, ge=1, description="on 503 and connection errors")
     initial_backoff_seconds: float = Field(default=1.0, gt=0)
     max_backoff_seconds: float = Field(default=60.0, gt=0)
+    models: tuple[str, ...] = Field(
+        default=(), description="names of the models routes may use at this peer"
+    )
 
     @field_validator("url")
     @classmethod

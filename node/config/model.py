@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, ModelWrapValidatorHandler, model_validator
 
 from node.config.base import FrozenModel
 from node.config.deid import DeidSection
 from node.config.inference import VendorPeerSection
 from node.config.observability import AuditSection, MetricsSection
-from node.config.routes import RouteSection
+from node.config.routes import RouteReferences, RouteSection, reference_scope
 from node.config.scp import CompletionSection, DestinationSection, ScpSection, SenderSection
 from node.config.sr import SrSection
 
@@ -45,6 +46,53 @@ class NodeConfig(FrozenModel):
     audit: AuditSection = AuditSection()
     metrics: MetricsSection = MetricsSection()
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _check_references(
+        cls, data: Any, handler: ModelWrapValidatorHandler[NodeConfig]
+    ) -> NodeConfig:
+        """Validate routes against the destinations, vendors and models declared here.
+
+        The names are taken from the raw mapping and the routes are validated inside
+        :func:`reference_scope`, so each bad reference is reported at its own YAML path
+        (``routes[2].action.infer.model: unknown model ...``) together with every other problem.
+        """
+        with reference_scope(_references(data)):
+            return handler(data)
+
     @property
     def spool_dir(self) -> Path:
         return self.scp.spool_dir or self.node.state_dir / "spool"
+
+    @property
+    def audit_ledger(self) -> Path:
+        """The audit ledger file (its public key is published beside it as ``<ledger>.pub``)."""
+        return self.audit.ledger or self.node.state_dir / "audit" / "ledger.jsonl"
+
+    @property
+    def audit_key_file(self) -> Path:
+        """The node's Ed25519 audit signing key (raw 32 private bytes, mode 0600)."""
+        return self.audit.key_file or self.node.keys / "audit_ed25519.key"
+
+
+def _references(data: Any) -> RouteReferences:
+    """Names declared in a raw config mapping; ``None`` where that section is itself malformed
+    (its own error is reported, and references to it are not checked twice)."""
+    if not isinstance(data, dict):
+        return RouteReferences(seen_names=set())
+    dests = data.get("destinations", {})
+    destinations = frozenset(str(k) for k in dests) if isinstance(dests, dict) else None
+    raw_vendors = data.get("vendors", {})
+    vendors: dict[str, frozenset[str]] | None = None
+    if isinstance(raw_vendors, dict):
+        vendors = {}
+        for name, peer in raw_vendors.items():
+            models = peer.get("models", ()) if isinstance(peer, dict) else ()
+            if not isinstance(models, list | tuple) or not all(isinstance(m, str) for m in models):
+                vendors = None
+                break
+            vendors[str(name)] = frozenset(models)
+    raw_deid = data.get("deid", {})
+    profiles = raw_deid.get("profiles", {}) if isinstance(raw_deid, dict) else None
+    deid_profiles = frozenset(str(k) for k in profiles) if isinstance(profiles, dict) else None
+    return RouteReferences(destinations, vendors, deid_profiles, seen_names=set())

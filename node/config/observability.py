@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 
 from node.config.base import FrozenModel, Port
@@ -10,13 +12,18 @@ __all__ = ["AuditSection", "MetricsSection"]
 
 
 class AuditSection(FrozenModel):
-    """Tamper-evident audit ledger."""
+    """Tamper-evident audit ledger (docs/audit.md)."""
 
     enabled: bool = True
+    ledger: Path | None = Field(default=None, description="default: <state_dir>/audit/ledger.jsonl")
+    key_file: Path | None = Field(
+        default=None, description="Ed25519 signing key, default: <key_dir>/audit_ed25519.key"
+    )
+    fsync: bool = Field(default=True, description="fsync every entry before append() returns")
 
 
 class MetricsSection(FrozenModel):
-    """Prometheus endpoint."""
+    """Prometheus endpoint: ``/metrics`` and ``/healthz`` over plain HTTP."""
 
     enabled: bool = False
     host: str = "127.0.0.1"

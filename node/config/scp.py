@@ -56,6 +56,7 @@ class CompletionSection(FrozenModel):
 
     quiet_seconds: float = Field(default=60.0, gt=0)
     max_age_seconds: float = Field(default=3600.0, gt=0)
+    poll_seconds: float = Field(default=1.0, gt=0, description="how often timers are checked")
 
 
 class DestinationSection(FrozenModel):

@@ -1,0 +1,621 @@
+"""Tamper-evident audit ledger: append-only, hash-chained, Ed25519-signed JSON lines.
+
+Each line is one entry (format in docs/audit.md)::
+
+    {"v":1,"seq":7,"time":"2026-11-23T10:00:00.123456Z","kind":"rule_matched",
+     "details":{"study":"st-9f2c...","rule":"chest-ai"},"prev_hash":"<64 hex>",
+     "hash":"<64 hex>","signature":"<128 hex>"}
+
+``hash = SHA-256(canonical JSON of {v, seq, time, kind, details, prev_hash})``, the first
+entry's ``prev_hash`` is 64 zeros, and ``signature = Ed25519(b"blindread-audit-v1\\0" + hash
+bytes)``. A signed copy of the newest (seq, hash, signature) is kept in ``<ledger>.head`` so that
+cutting entries off the end is detected too; the public key is published as ``<ledger>.pub``.
+
+Hand-written on purpose: the chain is a few dozen lines over ``hashlib`` and ``cryptography``,
+and the on-disk format must stay simple enough for the vendor peer (which must not import
+``node``) and external auditors to re-implement from docs/audit.md.
+
+Details carry pseudonyms and hashes only. :func:`check_details` refuses values that look like a
+raw DICOM UID or a DICOM person name and keys from a PHI deny-list, so a careless caller gets an
+exception instead of a ledger full of identifiers.
+"""
+
+from __future__ import annotations
+
+import enum
+import fcntl
+import hashlib
+import json
+import math
+import os
+import re
+import secrets
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from node.config import NodeConfig
+from node.keys import load_or_create_secret
+
+__all__ = [
+    "FORMAT_VERSION",
+    "GENESIS_HASH",
+    "SIGNATURE_DOMAIN",
+    "AuditDetailError",
+    "AuditEntry",
+    "AuditError",
+    "AuditKind",
+    "AuditLedger",
+    "VerifyReport",
+    "canonical_json",
+    "check_details",
+    "entry_hash",
+    "export_since",
+    "head_path",
+    "key_fingerprint",
+    "load_public_key",
+    "open_ledger",
+    "public_key_path",
+    "verify_ledger",
+]
+
+FORMAT_VERSION = 1
+GENESIS_HASH = "0" * 64
+SIGNATURE_DOMAIN = b"blindread-audit-v1\x00"
+_ENTRY_KEYS = frozenset({"v", "seq", "time", "kind", "details", "prev_hash", "hash", "signature"})
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX128 = re.compile(r"^[0-9a-f]{128}$")
+
+
+class AuditError(Exception):
+    """The ledger cannot be written or read (damaged tail, key mismatch, I/O error)."""
+
+
+class AuditDetailError(AuditError, ValueError):
+    """An entry's details were refused because they could contain PHI."""
+
+
+class AuditKind(enum.StrEnum):
+    """Kinds of events the node records. Other ``snake_case`` kinds are accepted too."""
+
+    STUDY_RECEIVED = "study_received"
+    RULE_MATCHED = "rule_matched"
+    DEIDENTIFIED = "deidentified"
+    INFERENCE_REQUESTED = "inference_requested"
+    RESULT_RECEIVED = "result_received"
+    SR_DELIVERED = "sr_delivered"
+    FORWARDED = "forwarded"
+    DISCARDED = "discarded"
+    EXPORT_BLOCKED = "export_blocked"
+    RETRY = "retry"
+    JOB_FAILED = "job_failed"
+    JOB_REQUEUED = "job_requeued"
+    LEDGER_REPAIRED = "ledger_repaired"
+
+
+_REQUIRED_DETAILS: dict[str, tuple[str, ...]] = {
+    AuditKind.INFERENCE_REQUESTED: ("model_version", "context_hash", "ciphertext_hashes"),
+}
+_KIND_RE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+
+
+# --- PHI guard ---------------------------------------------------------------------------------
+
+_DENY_KEYS = frozenset(
+    {
+        "name", "patientname", "patientsname", "otherpatientnames", "patientmothersbirthname",
+        "patientid", "otherpatientids", "issuerofpatientid", "mrn", "ssn",
+        "birthdate", "patientbirthdate", "dob", "patientbirthtime",
+        "address", "patientaddress", "phone", "patienttelephonenumbers",
+        "accession", "accessionnumber", "studyid",
+        "uid", "studyinstanceuid", "seriesinstanceuid", "sopinstanceuid",
+        "studyuid", "seriesuid", "sopuid", "instanceuid",
+        "referringphysicianname", "performingphysicianname", "operatorsname",
+        "institutionname", "institutionaddress", "medicalrecordlocator",
+    }
+)  # fmt: skip
+"""Detail keys refused outright (compared lower-case with ``_``/``-``/spaces removed)."""
+
+# A UID: >= 4 numeric components, or >= 16 characters (2.25.<big integer>); standard UIDs under
+# the DICOM root 1.2.840.10008 (SOP classes, transfer syntaxes) identify nobody and are allowed.
+_UID_RE = re.compile(r"(?<![\w.])[0-2](?:\.(?:0|[1-9][0-9]*)){2,}(?![\w.])")
+_PN_RE = re.compile(r"^[^\^=\s][^\^=]*\^[^\^=]*")
+_MAX_STRING = 1024
+
+
+def _looks_like_uid(text: str) -> bool:
+    for m in _UID_RE.finditer(text):
+        uid = m.group(0)
+        if uid.startswith("1.2.840.10008."):
+            continue
+        if uid.count(".") >= 3 or len(uid) >= 16:
+            return True
+    return False
+
+
+def _check_value(value: Any, where: str) -> None:
+    if value is None or isinstance(value, bool | int):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise AuditDetailError(f"{where}: not a finite number")
+        return
+    if isinstance(value, str):
+        if len(value) > _MAX_STRING:
+            raise AuditDetailError(f"{where}: string longer than {_MAX_STRING} characters")
+        if _looks_like_uid(value):
+            raise AuditDetailError(f"{where}: looks like a raw DICOM UID; use a pseudonym")
+        if _PN_RE.match(value):
+            raise AuditDetailError(f"{where}: looks like a DICOM person name; use a pseudonym")
+        return
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _check_value(item, f"{where}[{i}]")
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise AuditDetailError(f"{where}: keys must be strings")
+            if _looks_like_uid(key) or _PN_RE.match(key):
+                raise AuditDetailError(f"{where}: a key looks like a UID or person name")
+            if re.sub(r"[\s_\-]", "", key).lower() in _DENY_KEYS:
+                raise AuditDetailError(f"{where}.{key}: key is on the PHI deny-list")
+            _check_value(item, f"{where}.{key}")
+        return
+    raise AuditDetailError(f"{where}: {type(value).__name__} is not a JSON value")
+
+
+def check_details(kind: str, details: Mapping[str, Any]) -> None:
+    """Refuse a kind or details that are malformed or could carry PHI.
+
+    Raises
+    ------
+    AuditDetailError
+        naming the offending key path (never echoing the value).
+    """
+    if not _KIND_RE.match(kind):
+        raise AuditDetailError(f"kind {kind!r}: must be snake_case, 1-48 characters")
+    if not isinstance(details, Mapping):
+        raise AuditDetailError("details: must be a mapping")
+    _check_value(details, "details")
+    missing = [k for k in _REQUIRED_DETAILS.get(kind, ()) if k not in details]
+    if missing:
+        raise AuditDetailError(f"details: {kind} needs {', '.join(missing)}")
+
+
+# --- chain primitives --------------------------------------------------------------------------
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Sorted keys, no spaces, ASCII only, no NaN: the bytes that are hashed."""
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    ).encode("ascii")
+
+
+def entry_hash(v: int, seq: int, time: str, kind: str, details: Any, prev_hash: str) -> str:
+    """SHA-256 (hex) of an entry's body."""
+    body = {"v": v, "seq": seq, "time": time, "kind": kind, "details": details,
+            "prev_hash": prev_hash}
+    return hashlib.sha256(canonical_json(body)).hexdigest()
+
+
+def _signed_bytes(hash_hex: str) -> bytes:
+    return SIGNATURE_DOMAIN + bytes.fromhex(hash_hex)
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One ledger entry, as stored."""
+
+    seq: int
+    time: str
+    kind: str
+    details: dict[str, Any]
+    prev_hash: str
+    hash: str
+    signature: str
+    v: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        """The entry as one JSON line (without the newline)."""
+        return json.dumps(
+            {"v": self.v, "seq": self.seq, "time": self.time, "kind": self.kind,
+             "details": self.details, "prev_hash": self.prev_hash, "hash": self.hash,
+             "signature": self.signature},
+            separators=(",", ":"), ensure_ascii=True, allow_nan=False,
+        )
+
+    @classmethod
+    def from_json(cls, line: str) -> AuditEntry:
+        """Parse one line; raises ``ValueError`` saying what is wrong with its shape."""
+        obj = json.loads(line)
+        if not isinstance(obj, dict):
+            raise ValueError("not a JSON object")
+        keys = set(obj)
+        if keys != _ENTRY_KEYS:
+            extra, missing = keys - _ENTRY_KEYS, _ENTRY_KEYS - keys
+            raise ValueError(
+                "wrong keys"
+                + (f"; unexpected: {', '.join(sorted(extra))}" if extra else "")
+                + (f"; missing: {', '.join(sorted(missing))}" if missing else "")
+            )
+        ints = (obj["v"], obj["seq"])
+        if not all(isinstance(x, int) and not isinstance(x, bool) for x in ints):
+            raise ValueError("v and seq must be integers")
+        if not all(isinstance(obj[k], str) for k in ("time", "kind", "prev_hash", "hash",
+                                                        "signature")):
+            raise ValueError("time, kind, prev_hash, hash, signature must be strings")
+        if not isinstance(obj["details"], dict):
+            raise ValueError("details must be an object")
+        return cls(seq=obj["seq"], time=obj["time"], kind=obj["kind"], details=obj["details"],
+                   prev_hash=obj["prev_hash"], hash=obj["hash"], signature=obj["signature"],
+                   v=obj["v"])
+
+    def computed_hash(self) -> str:
+        return entry_hash(self.v, self.seq, self.time, self.kind, self.details, self.prev_hash)
+
+    def signature_valid(self, key: Ed25519PublicKey) -> bool:
+        if not _HEX64.match(self.hash) or not _HEX128.match(self.signature):
+            return False
+        try:
+            key.verify(bytes.fromhex(self.signature), _signed_bytes(self.hash))
+        except InvalidSignature:
+            return False
+        return True
+
+
+def _utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def key_fingerprint(key: Ed25519PublicKey) -> str:
+    """``SHA256:<hex>`` of the raw 32-byte public key (compare it with an off-host copy)."""
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return "SHA256:" + hashlib.sha256(raw).hexdigest()
+
+
+def load_public_key(path: str | Path) -> Ed25519PublicKey:
+    """Read a PEM (SubjectPublicKeyInfo) Ed25519 public key."""
+    try:
+        key = serialization.load_pem_public_key(Path(path).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise AuditError(f"{path}: cannot read public key ({type(exc).__name__})") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise AuditError(f"{path}: not an Ed25519 public key")
+    return key
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, data: bytes, mode: int, fsync: bool) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.write(fd, data)
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    if fsync:
+        _fsync_dir(path.parent)
+
+
+def _read_tail(fd: int, size: int) -> tuple[bytes, int]:
+    """The last line of the file (without newline) and the offset where it starts."""
+    end = size
+    if end == 0:
+        return b"", 0
+    chunk = 4096
+    buf = b""
+    pos = end
+    while pos > 0:
+        step = min(chunk, pos)
+        pos -= step
+        buf = os.pread(fd, step, pos) + buf
+        body = buf[:-1] if buf.endswith(b"\n") else buf
+        nl = body.rfind(b"\n")
+        if nl >= 0:
+            return body[nl + 1 :], pos + nl + 1
+    body = buf[:-1] if buf.endswith(b"\n") else buf
+    return body, 0
+
+
+# --- writing -----------------------------------------------------------------------------------
+
+
+class AuditLedger:
+    """Appends signed, chained entries to one ledger file.
+
+    Safe for concurrent use from threads (a lock) and processes (``flock`` on the ledger file):
+    each append re-reads the tail under the lock, so two writers never fork the chain. With
+    ``fsync`` (the default) an entry is on disk before :meth:`append` returns. A torn last line
+    left by a crash mid-append (never acknowledged) is cut off and a ``ledger_repaired`` entry
+    records how many bytes were dropped.
+    """
+
+    def __init__(self, path: str | Path, private_key: Ed25519PrivateKey, fsync: bool = True):
+        self.path = Path(path)
+        self._key = private_key
+        self._fsync = fsync
+        self._lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+        self._publish_public_key()
+        os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640))
+
+    @classmethod
+    def open(cls, path: str | Path, key_file: str | Path, fsync: bool = True) -> AuditLedger:
+        """Open (or create) ``path``, signing with the raw Ed25519 key in ``key_file``.
+
+        The key file is created (32 random bytes, mode 0600) on first use.
+        """
+        raw = load_or_create_secret(Path(key_file), 32)
+        return cls(path, Ed25519PrivateKey.from_private_bytes(raw), fsync=fsync)
+
+    @property
+    def public_key(self) -> Ed25519PublicKey:
+        return self._key.public_key()
+
+    @property
+    def public_key_path(self) -> Path:
+        return public_key_path(self.path)
+
+    @property
+    def head_path(self) -> Path:
+        return head_path(self.path)
+
+    def _publish_public_key(self) -> None:
+        pem = self.public_key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        pub = self.public_key_path
+        if pub.exists():
+            if pub.read_bytes() != pem:
+                raise AuditError(
+                    f"{pub}: published key differs from the signing key; the ledger was signed"
+                    " with another key (rotate by starting a new ledger file)"
+                )
+            return
+        _atomic_write(pub, pem, 0o644, self._fsync)
+
+    def append(
+        self,
+        kind: str | AuditKind,
+        details: Mapping[str, Any] | None = None,
+        *,
+        time: datetime | None = None,
+    ) -> AuditEntry:
+        """Add one entry; returns it once it is durable (with ``fsync``)."""
+        kind = str(kind)
+        given = dict(details or {})
+        check_details(kind, given)
+        plain: dict[str, Any] = json.loads(canonical_json(given))  # as verify will see them
+        stamp = (
+            time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ") if time is not None
+            else _utc_now()
+        )
+        with self._lock:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o640)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                seq, prev = self._last(fd)
+                entry = self._write(fd, seq + 1, stamp, kind, plain, prev)
+            finally:
+                os.close(fd)  # releases the flock
+        return entry
+
+    def _last(self, fd: int) -> tuple[int, str]:
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return 0, GENESIS_HASH
+        last_byte = os.pread(fd, 1, size - 1)
+        if last_byte != b"\n":
+            line, start = _read_tail(fd, size)
+            os.ftruncate(fd, start)
+            if self._fsync:
+                os.fsync(fd)
+            seq, prev = self._last(fd)
+            self._write(fd, seq + 1, _utc_now(), AuditKind.LEDGER_REPAIRED,
+                        {"dropped_bytes": size - start, "reason": "torn last line"}, prev)
+            return self._last(fd)
+        line, _ = _read_tail(fd, size)
+        try:
+            entry = AuditEntry.from_json(line.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise AuditError(
+                f"{self.path}: last entry is damaged ({exc}); run 'blindread audit verify'"
+            ) from None
+        return entry.seq, entry.hash
+
+    def _write(
+        self, fd: int, seq: int, stamp: str, kind: str, details: dict[str, Any], prev: str
+    ) -> AuditEntry:
+        h = entry_hash(FORMAT_VERSION, seq, stamp, kind, details, prev)
+        sig = self._key.sign(_signed_bytes(h)).hex()
+        entry = AuditEntry(seq, stamp, kind, details, prev, h, sig)
+        data = (entry.to_json() + "\n").encode("ascii")
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        if self._fsync:
+            os.fsync(fd)
+        head = {"seq": seq, "hash": h, "signature": sig}
+        _atomic_write(self.head_path, canonical_json(head) + b"\n", 0o640, self._fsync)
+        return entry
+
+
+def open_ledger(cfg: NodeConfig) -> AuditLedger | None:
+    """The ledger configured under ``audit:`` (``None`` when ``audit.enabled`` is false)."""
+    if not cfg.audit.enabled:
+        return None
+    return AuditLedger.open(cfg.audit_ledger, cfg.audit_key_file, fsync=cfg.audit.fsync)
+
+
+def public_key_path(ledger: Path) -> Path:
+    """Where the ledger's public key is published."""
+    return ledger.with_name(ledger.name + ".pub")
+
+
+def head_path(ledger: Path) -> Path:
+    """Where the signed head (newest seq and hash) is kept."""
+    return ledger.with_name(ledger.name + ".head")
+
+
+# --- verifying ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """Outcome of :func:`verify_ledger`.
+
+    ``bad_line`` is the 1-based line of the first bad entry (``bad_seq`` the seq expected
+    there); both are ``None`` when the ledger verifies.
+    """
+
+    entries: int
+    bad_line: int | None = None
+    bad_seq: int | None = None
+    reason: str = ""
+    head_seq: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.bad_line is None
+
+    def describe(self) -> str:
+        if self.ok:
+            head = f", signed head at seq {self.head_seq}" if self.head_seq is not None else ""
+            return f"OK: {self.entries} entries, chain intact{head}"
+        return (
+            f"TAMPERED: first bad entry at line {self.bad_line} (seq {self.bad_seq}):"
+            f" {self.reason}; {self.entries} entries before it verify"
+        )
+
+
+def _read_head(path: Path) -> tuple[int, str, str] | str | None:
+    """(seq, hash, signature) of the signed head, ``None`` if absent, or a problem string."""
+    hp = head_path(path)
+    try:
+        head = json.loads(hp.read_bytes())
+        return int(head["seq"]), str(head["hash"]), str(head["signature"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return "signed head file unreadable"
+
+
+def verify_ledger(
+    path: str | Path, key: Ed25519PublicKey, *, check_head: bool = True
+) -> VerifyReport:
+    """Check every entry: shape, seq, link to the previous hash, own hash, signature, and the
+    signed head (so truncation is caught). Stops at the FIRST bad entry.
+
+    Streams the file (memory does not grow with the ledger). The head is read before the
+    entries, so a node appending meanwhile cannot cause a false "cut off" report.
+    """
+    path = Path(path)
+    try:
+        fh = path.open("rb")
+    except OSError as exc:
+        raise AuditError(f"{path}: cannot read ledger ({exc.strerror})") from None
+    with fh:
+        # A snapshot between appends (they hold LOCK_EX): the size of complete entries and
+        # the head that belongs to them. The lock is released before the (long) check.
+        fcntl.flock(fh.fileno(), fcntl.LOCK_SH)
+        try:
+            size = os.fstat(fh.fileno()).st_size
+            head = _read_head(path) if check_head else None
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        head_at: int | None = None  # seq of the entry whose hash the head names
+        prev, n, consumed = GENESIS_HASH, 0, 0
+        for raw in fh:
+            if consumed >= size:
+                break  # appended after the snapshot
+            raw = raw[: size - consumed]
+            consumed += len(raw)
+            seq = n + 1
+
+            def bad(reason: str, seq: int = seq) -> VerifyReport:
+                return VerifyReport(entries=seq - 1, bad_line=seq, bad_seq=seq, reason=reason)
+
+            if not raw.endswith(b"\n"):
+                return bad("last line is incomplete (truncated or torn write)")
+            try:
+                entry = AuditEntry.from_json(raw.decode("utf-8"))
+            except (ValueError, UnicodeDecodeError) as exc:
+                return bad(f"not a valid entry ({exc})")
+            if entry.v != FORMAT_VERSION:
+                return bad(f"unknown format version {entry.v}")
+            if entry.seq != seq:
+                return bad(
+                    f"seq is {entry.seq}, expected {seq} (entry deleted, inserted or moved)"
+                )
+            if entry.prev_hash != prev:
+                return bad(
+                    "prev_hash does not match the previous entry (deleted, inserted or moved)"
+                )
+            if entry.computed_hash() != entry.hash:
+                return bad("content does not match its hash (entry edited)")
+            if not entry.signature_valid(key):
+                return bad("signature invalid (forged entry or wrong public key)")
+            if isinstance(head, tuple) and head[1] == entry.hash:
+                head_at = seq
+            prev, n = entry.hash, seq
+    if not check_head:
+        return VerifyReport(entries=n)
+    end = (n, n + 1, n + 1)
+    if head is None:
+        if n <= 1:  # a crash during the very first append can leave no head
+            return VerifyReport(entries=n)
+        return VerifyReport(*end, "signed head file missing: truncation not ruled out")
+    if isinstance(head, str):
+        return VerifyReport(*end, head)
+    h_seq, h_hash, h_sig = head
+    if not AuditEntry(h_seq, "", "", {}, "", h_hash, h_sig).signature_valid(key):
+        return VerifyReport(*end, "signed head has an invalid signature")
+    # The signature covers the head's hash, and that hash covers the entry's seq.
+    if head_at is not None and head_at != h_seq:
+        return VerifyReport(
+            *end, f"signed head names entry seq {head_at} but says seq {h_seq}: head file edited"
+        )
+    if head_at is None:
+        if h_seq > n:
+            return VerifyReport(
+                *end, f"ledger ends at seq {n} but the signed head says seq {h_seq}:"
+                " entries were cut off the end"
+            )
+        return VerifyReport(*end, "signed head names no entry of this ledger")
+    return VerifyReport(entries=n, head_seq=h_seq)
+
+
+def export_since(path: str | Path, since: datetime) -> Iterator[str]:
+    """Raw ledger lines (entries unchanged, still verifiable) with ``time >= since``."""
+    if since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
+    with Path(path).open("rb") as fh:
+        for raw in fh:
+            if not raw.endswith(b"\n"):
+                break  # torn tail: not an entry
+            try:
+                entry = AuditEntry.from_json(raw.decode("utf-8"))
+                when = datetime.fromisoformat(entry.time)
+            except (ValueError, UnicodeDecodeError):
+                continue
+            if when >= since:
+                yield raw.decode("utf-8").rstrip("\n")

@@ -1,0 +1,110 @@
+"""Runs queued jobs through a pluggable action with persistent exponential backoff.
+
+The action is any ``Callable[[Job], None]``: today a result object sent to a destination, later
+the real pipeline (rules -> de-identification -> inference -> SR). It must be idempotent: after
+a crash a ``running`` job is run again. Raising means "try again later"; after
+``max_attempts`` the job is ``failed`` and its files are quarantined.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from node.intake import Intake
+from node.jobs import Job, JobStore, describe_error
+from scp import SenderSettings
+
+__all__ = ["JobAction", "JobRunner"]
+
+log = logging.getLogger(__name__)
+
+JobAction = Callable[[Job], None]
+
+
+class JobRunner:
+    """One worker thread taking due jobs from the store."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        intake: Intake,
+        action: JobAction,
+        retry: SenderSettings,
+        poll_seconds: float = 0.2,
+    ) -> None:
+        self.store = store
+        self.intake = intake
+        self.action = action
+        self.retry = retry
+        self.poll_seconds = poll_seconds
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def wake(self) -> None:
+        """A job was queued: look now instead of at the next poll."""
+        self._wake.set()
+
+    def run_once(self) -> Job | None:
+        """Run the next due job, if any; returns its new state."""
+        job = self.store.next_due()
+        if job is None:
+            return None
+        try:
+            self.action(job)
+        except Exception as exc:
+            err = describe_error(exc)
+            new = self.store.mark_attempt_failed(
+                job.id,
+                err,
+                self.retry.max_attempts,
+                self.retry.backoff,
+                self.intake.quarantine_dir / job.token,
+            )
+            if new.state == "failed":
+                self.intake.quarantine(new)
+                log.error(
+                    "job %d (study %s) failed after %d attempt(s): %s; files quarantined",
+                    job.id,
+                    job.study,
+                    new.attempts,
+                    err,
+                )
+            else:
+                log.warning(
+                    "job %d (study %s) attempt %d failed: %s; retry in %.1f s",
+                    job.id,
+                    job.study,
+                    new.attempts,
+                    err,
+                    new.next_attempt_at - new.updated_at,
+                )
+            return new
+        self.store.mark_done(job.id)
+        log.info("job %d (study %s) done", job.id, job.study)
+        return self.store.get(job.id)
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="job-runner", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Ask the worker to stop after its current job; wait up to ``timeout`` s."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                job = self.run_once()
+            except Exception:
+                log.exception("job runner error")
+                job = None
+            if job is None:
+                self._wake.wait(self.poll_seconds)
+                self._wake.clear()

@@ -1,0 +1,151 @@
+"""The running node: Storage SCP + study completion + job runner, with ordered start/stop.
+
+Start order matters for crash safety: the job store recovers half-done claims and moves
+*before* the SCP accepts anything, then completion timers are re-seeded from the spool.
+Stop order: refuse new associations, let running ones finish briefly (every acknowledged
+instance is already durable), stop timers, then let the current job finish or be resumed later.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from node.config import NodeConfig
+from node.intake import Intake
+from node.jobs import JobStore
+from node.keys import load_or_create_secret
+from node.netsettings import (
+    completion_settings,
+    destination_settings,
+    scp_settings,
+    sender_settings,
+)
+from node.pseudonym import Pseudonymizer
+from node.result_action import SendResultAction
+from node.runner import JobAction, JobRunner
+from scp import CompletionMonitor, DestinationSettings, Spool, StorageSender, StorageServer
+
+__all__ = ["NodePaths", "NodeService", "default_action", "node_paths"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NodePaths:
+    """Where the node keeps its state."""
+
+    spool: Path
+    jobs_db: Path
+    jobs_dir: Path
+    quarantine: Path
+    pseudonym_key: Path
+
+
+def node_paths(cfg: NodeConfig) -> NodePaths:
+    state = cfg.node.state_dir
+    return NodePaths(
+        spool=cfg.spool_dir,
+        jobs_db=state / "jobs.sqlite",
+        jobs_dir=state / "jobs",
+        quarantine=state / "quarantine",
+        pseudonym_key=cfg.node.keys / "pseudonym.key",
+    )
+
+
+def open_jobs(cfg: NodeConfig) -> tuple[JobStore, Intake]:
+    """Job store and intake of ``cfg``'s node (also used by ``blindread jobs``)."""
+    paths = node_paths(cfg)
+    key = load_or_create_secret(paths.pseudonym_key)
+    spool = Spool(paths.spool, Pseudonymizer(key).study, fsync=cfg.scp.fsync)
+    store = JobStore(paths.jobs_db)
+    return store, Intake(spool, store, paths.jobs_dir, paths.quarantine)
+
+
+def default_action(cfg: NodeConfig, key: bytes) -> JobAction:
+    """Until the inference pipeline lands: send a result object to the ``results``
+    destination (or the only/first destination configured)."""
+    dest: DestinationSettings | None = None
+    if cfg.destinations:
+        name = "results" if "results" in cfg.destinations else next(iter(cfg.destinations))
+        dest = destination_settings(cfg, name)
+    return SendResultAction(StorageSender(sender_settings(cfg)), dest, key, cfg.sr.series_number)
+
+
+class NodeService:
+    """Composes the node's long-running parts; ``action`` defaults to :func:`default_action`."""
+
+    def __init__(self, cfg: NodeConfig, action: JobAction | None = None) -> None:
+        self.cfg = cfg
+        self.paths = node_paths(cfg)
+        self.key = load_or_create_secret(self.paths.pseudonym_key)
+        self.pseudonyms = Pseudonymizer(self.key)
+        settings = scp_settings(cfg)
+        self.spool = Spool(
+            settings.spool_dir,
+            self.pseudonyms.study,
+            fsync=settings.fsync,
+            min_free_bytes=settings.min_free_bytes,
+        )
+        self.store = JobStore(self.paths.jobs_db)
+        self.intake = Intake(self.spool, self.store, self.paths.jobs_dir, self.paths.quarantine)
+        self.runner = JobRunner(
+            self.store,
+            self.intake,
+            action if action is not None else default_action(cfg, self.key),
+            sender_settings(cfg),
+        )
+        self.monitor = CompletionMonitor(completion_settings(cfg), self._complete)
+        self.server = StorageServer(settings, self.spool, self.pseudonyms.study, self.monitor.touch)
+        self._stopped = threading.Event()
+
+    def _complete(self, study_key: str) -> None:
+        if self.intake.claim(study_key) is not None:
+            self.runner.wake()
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def start(self) -> None:
+        self.intake.recover()
+        self.monitor.seed(self.spool.studies())
+        self.server.start()
+        self.monitor.start()
+        self.runner.start()
+        log.info("node %s running", self.cfg.node.name)
+
+    def stop(self, timeout: float = 9.0) -> None:
+        """Stop within ``timeout`` seconds; acknowledged data is already durable."""
+        self.server.stop(grace=timeout * 0.4)
+        self.monitor.stop(timeout * 0.1)
+        self.runner.stop(timeout * 0.4)
+        if not self.runner_alive():  # else the daemon thread may still use it
+            self.store.close()
+        self._stopped.set()
+        log.info("node %s stopped", self.cfg.node.name)
+
+    def runner_alive(self) -> bool:
+        t = self.runner._thread
+        return t is not None and t.is_alive()
+
+    def run_forever(self) -> None:
+        """Run until SIGTERM/SIGINT, then stop cleanly (systemd's stop, Ctrl-C)."""
+        stop = threading.Event()
+
+        def _on_signal(signum: int, frame: FrameType | None) -> None:
+            log.info("signal %d received, stopping", signum)
+            stop.set()
+
+        old = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.start()
+            stop.wait()
+        finally:
+            self.stop()
+            for s, h in old.items():
+                signal.signal(s, h)

@@ -1,0 +1,123 @@
+"""The node's side of the vendor link: one :class:`~secure_infer.client.VendorClient` per
+configured vendor peer, adapted to the pipeline's :class:`~node.pipeline.InferenceBackend`.
+
+Clients are created on first use (a node that never routes to a vendor never opens a TLS
+connection) and reused across jobs, so the public context is uploaded once per hospital key.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from node.config import NodeConfig
+from node.pipeline import InferenceBackend, InferenceOutcome
+from secure_infer.client import VendorClient
+from secure_infer.manifest import Manifest
+
+__all__ = ["ClientBackend", "VendorBackends"]
+
+log = logging.getLogger(__name__)
+
+
+class ClientBackend:
+    """:class:`InferenceBackend` over a real mutual-TLS :class:`VendorClient`."""
+
+    def __init__(self, client: VendorClient) -> None:
+        self.client = client
+        # one user of the client at a time: the warm-up thread and the job runner would
+        # otherwise race to create the same CKKS key files
+        self._lock = threading.Lock()
+
+    def prepare(self, model: str) -> None:
+        """Keys created or loaded and the public context uploaded (once per hospital key)."""
+        with self._lock:
+            self.client.ensure_context(model)
+
+    def manifest(self, model: str) -> Manifest:
+        with self._lock:
+            manifest, _ = self.client.model_info(model)
+        return manifest
+
+    def infer(self, model: str, batch: np.ndarray) -> InferenceOutcome:
+        with self._lock:
+            res = self.client.infer(model, batch)
+            _, spec = self.client.model_info(model)
+        params = {
+            "he.scheme": "CKKS",
+            "he.poly_modulus_degree": str(spec.poly_modulus_degree),
+            "he.coeff_modulus_bits": "/".join(str(b) for b in spec.coeff_modulus_bits),
+            "he.scale_bits": str(spec.scale_bits),
+            "he.security": "128-bit (HomomorphicEncryption.org)",
+        }
+        return InferenceOutcome(
+            probabilities=[[float(v) for v in row] for row in np.asarray(res.probabilities)],
+            model_version=res.model_version,
+            context_sha256=res.context_sha256,
+            request_sha256=res.request_sha256,
+            response_sha256=res.response_sha256,
+            bytes_up=res.bytes_up + res.context_bytes_uploaded,
+            bytes_down=res.bytes_down,
+            timings={
+                "encrypt": res.timings.get("encrypt", 0.0),
+                "vendor": res.timings.get("upload", 0.0)
+                + res.timings.get("server", 0.0)
+                + res.timings.get("download", 0.0),
+                "decrypt": res.timings.get("decrypt", 0.0),
+                "total": res.timings.get("total", 0.0),
+            },
+            parameters=params,
+        )
+
+
+class VendorBackends:
+    """``vendor name -> InferenceBackend`` for the pipeline, one client per vendor."""
+
+    def __init__(self, cfg: NodeConfig, key_dir: Path | None = None) -> None:
+        self.cfg = cfg
+        self.key_dir = key_dir or cfg.node.keys / "ckks"
+        self._backends: dict[str, ClientBackend] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, vendor: str) -> InferenceBackend:
+        with self._lock:
+            if vendor not in self._backends:
+                section = self.cfg.vendors[vendor]
+                client = VendorClient(section.client_settings(), self.key_dir / vendor)
+                self._backends[vendor] = ClientBackend(client)
+            return self._backends[vendor]
+
+    def warm_up(self, pairs: Iterable[tuple[str, str]]) -> threading.Thread:
+        """In the background: fetch each (vendor, model)'s manifest, create or load the CKKS
+        keys and upload the public context if the vendor lacks it.
+
+        Key generation and the one-time context upload (tens of MB of Galois keys) then happen
+        when the node starts, not inside the first study's latency. Failures are only logged:
+        the pipeline does the same work on demand, with its retries.
+        """
+
+        def run() -> None:
+            for vendor, model in dict.fromkeys(pairs):
+                try:
+                    backend = self(vendor)
+                    assert isinstance(backend, ClientBackend)
+                    backend.prepare(model)
+                    log.info("vendor %s model %s: keys ready, public context uploaded",
+                             vendor, model)  # fmt: skip
+                except Exception as exc:
+                    log.warning("vendor %s model %s: warm-up failed (%s); will retry on demand",
+                                vendor, model, type(exc).__name__)  # fmt: skip
+
+        thread = threading.Thread(target=run, name="vendor-warm-up", daemon=True)
+        thread.start()
+        return thread
+
+    def close(self) -> None:
+        with self._lock:
+            for backend in self._backends.values():
+                backend.client.close()
+            self._backends.clear()

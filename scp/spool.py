@@ -1,0 +1,155 @@
+"""Durable spool of received instances, one directory per study batch.
+
+Layout::
+
+    <root>/.tmp/<random>.part          partial writes (deleted at start-up)
+    <root>/<study-key>/<sop-key>.dcm   complete instances, DICOM file format, bytes as sent
+
+``study-key`` and ``sop-key`` are keyed pseudonyms of the UIDs (``log_id``), so neither file
+names nor logs carry raw UIDs. An instance is only visible under its final name after its bytes
+and the directory entry were fsynced, which is the condition for answering 0x0000. A re-sent SOP
+Instance UID maps to the same name and replaces the old file atomically.
+
+A study directory is handed over to a job by renaming it away (:meth:`Spool.take_study`) under a
+per-study lock, so an instance lands either in the batch being taken or in a fresh directory,
+never in between.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from scp.errors import SpoolFullError
+from scp.fsutil import fsync_dir, write_file
+from scp.settings import LogId
+
+__all__ = ["Spool", "SpooledStudy", "StoredInstance"]
+
+log = logging.getLogger(__name__)
+
+_TMP = ".tmp"
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    """Where an instance went; ``replaced`` when the same SOP Instance UID was already there."""
+
+    study_key: str
+    path: Path
+    replaced: bool
+
+
+@dataclass(frozen=True)
+class SpooledStudy:
+    """A study batch found in the spool (used to resume completion timers after a restart)."""
+
+    key: str
+    first: float
+    last: float
+    count: int
+
+
+class Spool:
+    """Writes instances durably and hands complete study batches over to jobs."""
+
+    def __init__(
+        self, root: Path, log_id: LogId, *, fsync: bool = True, min_free_bytes: int = 0
+    ) -> None:
+        self.root = root
+        self.log_id = log_id
+        self.fsync = fsync
+        self.min_free_bytes = min_free_bytes
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._tmp = self.root / _TMP
+        self._tmp.mkdir(exist_ok=True, mode=0o700)
+
+    # -- start-up ------------------------------------------------------------------------
+    def clean_partial(self) -> int:
+        """Delete partial writes left by a crash; they were never acknowledged."""
+        n = 0
+        for p in self._tmp.iterdir():
+            p.unlink(missing_ok=True)
+            n += 1
+        return n
+
+    def studies(self) -> list[SpooledStudy]:
+        """Study batches currently waiting in the spool, with first/last arrival (mtime)."""
+        out = []
+        for d in self.root.iterdir():
+            if d.name == _TMP or not d.is_dir():
+                continue
+            times = [e.stat().st_mtime for e in os.scandir(d) if e.name.endswith(".dcm")]
+            if times:
+                out.append(SpooledStudy(d.name, min(times), max(times), len(times)))
+        return out
+
+    # -- receiving -----------------------------------------------------------------------
+    def study_key(self, study_uid: str) -> str:
+        return self.log_id(study_uid)
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free
+
+    def check_space(self, incoming: int) -> None:
+        """Raise :class:`SpoolFullError` if storing ``incoming`` bytes would cross the mark."""
+        if self.min_free_bytes and self.free_bytes() - incoming < self.min_free_bytes:
+            raise SpoolFullError("spool free space below scp.min_free_bytes")
+
+    def store(self, study_uid: str, sop_uid: str, data: bytes | memoryview) -> StoredInstance:
+        """Durably store one instance (DICOM file bytes); returns once it survives a crash."""
+        self.check_space(len(data))
+        key = self.study_key(study_uid)
+        tmp = self._tmp / f"{secrets.token_hex(8)}.part"
+        try:
+            write_file(tmp, data, sync=self.fsync)
+            with self.locked(key):
+                study_dir = self.root / key
+                if not study_dir.is_dir():
+                    study_dir.mkdir(mode=0o700)
+                    if self.fsync:
+                        fsync_dir(self.root)
+                final = study_dir / f"{self.log_id(sop_uid)}.dcm"
+                replaced = final.exists()
+                os.replace(tmp, final)
+                if self.fsync:
+                    fsync_dir(study_dir)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return StoredInstance(key, final, replaced)
+
+    # -- handing over --------------------------------------------------------------------
+    @contextmanager
+    def locked(self, key: str) -> Iterator[None]:
+        """Hold the per-study lock (blocks :meth:`store` from adding to that directory)."""
+        with self._locks_guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            yield
+
+    def study_dir(self, key: str) -> Path:
+        return self.root / key
+
+    def take_study(self, key: str, dest: Path) -> list[str] | None:
+        """Rename the study's directory to ``dest`` (durably); ``None`` if it is not there.
+
+        Call with :meth:`locked` held. ``dest`` must be on the same filesystem.
+        """
+        src = self.root / key
+        if not src.is_dir():
+            return None
+        dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.rename(src, dest)
+        fsync_dir(self.root)
+        fsync_dir(dest.parent)
+        return sorted(p.name for p in dest.iterdir() if p.name.endswith(".dcm"))

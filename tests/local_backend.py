@@ -1,0 +1,47 @@
+"""An in-process inference backend for pipeline tests: the real CKKS session and the real
+vendor-side evaluator, without the HTTP hop (the HTTP path is covered by test_e2e and the
+vendor-link tests). Counts calls so tests can prove a step is not repeated."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from node.pipeline import InferenceOutcome
+from secure_infer.client import apply_activations
+from secure_infer.manifest import Manifest
+from secure_infer.session import HospitalSession, VendorModel
+
+
+class LocalBackend:
+    def __init__(self, manifest_path: Path, key_dir: Path, fail_times: int = 0) -> None:
+        self.vendor = VendorModel.load(manifest_path)
+        self.session = HospitalSession.create(self.vendor.spec, key_dir)
+        self.context = self.vendor.load_context(self.session.public_context_bytes())
+        self.calls = 0
+        self.fail_times = fail_times
+
+    def manifest(self, model: str) -> Manifest:
+        return self.vendor.manifest.public()
+
+    def infer(self, model: str, batch: np.ndarray) -> InferenceOutcome:
+        self.calls += 1
+        if self.calls <= self.fail_times:
+            raise ConnectionError("vendor unreachable (simulated outage)")
+        frames = self.session.encrypt(np.asarray(batch, dtype=np.float64))
+        outs = self.vendor.evaluate(self.context, frames)
+        logits = np.asarray(self.session.decrypt(outs, len(batch)))
+        probs = apply_activations(self.vendor.manifest, logits)
+        return InferenceOutcome(
+            probabilities=probs.tolist(),
+            model_version=self.vendor.manifest.version,
+            context_sha256=self.session.context_sha256(),
+            request_sha256=hashlib.sha256(b"".join(frames)).hexdigest(),
+            response_sha256=hashlib.sha256(b"".join(outs)).hexdigest(),
+            bytes_up=sum(map(len, frames)),
+            bytes_down=sum(map(len, outs)),
+            timings={},
+            parameters={"he.scheme": "CKKS"},
+        )

@@ -1,0 +1,137 @@
+"""End to end: a real Orthanc pushes a study to the node, the node runs encrypted inference with
+a vendor peer in another process over mutual TLS, and the SR lands in the same study in Orthanc.
+
+Checked on the way: dciodvfy is clean on the SR as stored in the PACS; the encrypted result
+equals onnxruntime on the same preprocessed pixels; the audit chain verifies; no planted
+identifier (names, IDs, accession number, birth date, Study/Series/SOP UIDs) appears in any log
+line or in any byte sent to the vendor.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from pydicom import dcmwrite
+from pydicom.filebase import DicomBytesIO
+
+from node.audit import load_public_key, public_key_path, verify_ledger
+from node.logsetup import quiet_loggers
+from node.phantom_study import PlantedIdentity, phantom_cr_study
+from node.sr import read_result_sr
+from node.stack import DEMO_MODEL_DIR, Stack
+from secure_infer import client as client_module
+from secure_infer.manifest import load_manifest
+from secure_infer.preprocess import preprocess_for_manifest
+from tests.peers import require_tool
+from tests.test_sr_build import assert_dsrdump_ok, assert_valid_dicom
+
+pytestmark = pytest.mark.slow
+
+
+def _bytes(ds: object) -> bytes:
+    buf = DicomBytesIO()
+    dcmwrite(buf, ds, enforce_file_format=True)  # type: ignore[arg-type]
+    return buf.getvalue()
+
+
+def test_orthanc_push_to_sr_in_same_study(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    require_tool("Orthanc")
+    quiet_loggers()
+    caplog.set_level(logging.DEBUG, logger="node")
+    caplog.set_level(logging.DEBUG, logger="scp")
+    caplog.set_level(logging.DEBUG, logger="secure_infer")
+
+    sent_to_vendor: list[bytes] = []
+    original_send = client_module.VendorClient._send
+
+    def recording_send(self, method, path, **kw):  # type: ignore[no-untyped-def]
+        sent_to_vendor.append(f"{method} {path} {kw.get('params')} {kw.get('headers')}".encode())
+        if kw.get("content") is not None:
+            sent_to_vendor.append(bytes(kw["content"]))
+        return original_send(self, method, path, **kw)
+
+    monkeypatch.setattr(client_module.VendorClient, "_send", recording_send)
+
+    who = PlantedIdentity()
+    study = phantom_cr_study([False, True, False], seed=7, identity=who)
+    study_uid = str(study[0].StudyInstanceUID)
+    needles = [
+        *who.needles(),
+        study_uid.encode(),
+        str(study[0].SeriesInstanceUID).encode(),
+        *[str(ds.SOPInstanceUID).encode() for ds in study],
+    ]
+
+    with Stack(tmp_path, quiet_seconds=1.5, pacs="orthanc") as stack:
+        pacs = stack.pacs
+        assert pacs is not None and hasattr(pacs, "upload")
+        for ds in study:
+            pacs.upload(_bytes(ds))
+        orthanc_study = pacs.post(
+            "/tools/find", {"Level": "Study", "Query": {"StudyInstanceUID": study_uid}}
+        )
+        assert len(orthanc_study) == 1
+        # Orthanc, as the PACS, pushes the study to the node (C-STORE from a peer we did not write)
+        pacs.post("/modalities/blindread/store", {"Resources": orthanc_study, "Synchronous": True})
+        sr = stack.wait_for_sr(study_uid, timeout=180)
+        assert stack.node is not None and stack.cfg is not None
+        ledger = stack.cfg.audit_ledger
+
+        # the SR is in the original study, listed by Orthanc with the original images
+        instances = pacs.instances_of_study(study_uid)
+        assert len(instances) == len(study) + 1
+        sr_path = tmp_path / "sr.dcm"
+        sr.save_as(sr_path)
+
+    report = read_result_sr(sr)
+    assert report.study_instance_uid == study_uid
+    (finding,) = report.findings
+    assert set(finding.source_sop_instance_uids) == {str(ds.SOPInstanceUID) for ds in study}
+
+    # the decrypted probability equals onnxruntime on the same preprocessed pixels
+    manifest = load_manifest(DEMO_MODEL_DIR / "manifest.yaml")
+    x = np.stack(
+        [
+            preprocess_for_manifest(
+                ds.pixel_array, manifest,
+                rescale_slope=float(ds.RescaleSlope),
+                rescale_intercept=float(ds.RescaleIntercept),
+                photometric=ds.PhotometricInterpretation,
+            )
+            for ds in study
+        ]
+    )  # fmt: skip
+    sess = ort.InferenceSession(str(DEMO_MODEL_DIR / "model.onnx"))
+    expected = sess.run(None, {"image": x.astype(np.float32)})[0][:, 0]
+    assert finding.probability == pytest.approx(float(expected.max()), abs=1e-3)
+    assert finding.present == bool(expected.max() >= manifest.outputs[0].threshold)
+
+    # valid DICOM, readable by dcmtk
+    assert_valid_dicom(sr_path, "Comprehensive3DSR")
+    assert_dsrdump_ok(sr_path)
+
+    # tamper-evident audit chain verifies and saw the whole path
+    result = verify_ledger(ledger, load_public_key(public_key_path(ledger)))
+    assert result.ok, result.describe()
+    kinds = [line for line in ledger.read_text().splitlines()]
+    for kind in ("study_received", "rule_matched", "deidentified", "inference_requested",
+                 "result_received", "sr_delivered"):  # fmt: skip
+        assert any(f'"kind":"{kind}"' in line for line in kinds), kind
+
+    # no PHI in logs (ours and the vendor's) nor in anything sent to the vendor
+    logs = "\n".join(r.getMessage() for r in caplog.records).encode()
+    vendor_log = (tmp_path / "vendor" / "vendor.log").read_bytes()
+    ledger_bytes = ledger.read_bytes()
+    assert sent_to_vendor, "nothing was sent to the vendor?"
+    for needle in needles:
+        assert needle not in logs, needle
+        assert needle not in vendor_log, needle
+        assert needle not in ledger_bytes, needle
+        for blob in sent_to_vendor:
+            assert needle not in blob, needle
