@@ -9,9 +9,16 @@ outputs and apply the manifest's final activation in clear. Nothing decrypted is
 
 Retries: 503 (honouring Retry-After) and connection failures are retried with exponential
 backoff up to ``max_attempts``; a certificate verification failure is not (it will not heal).
-A retried POST may be evaluated twice by the vendor; both sides' chains then show the same job
-token twice, which is harmless because requests carry no identifiers and are never re-decrypted
-into a different study.
+Use from the node (one client per configured vendor, reused across jobs)::
+
+    settings = cfg.vendors["acme"].client_settings()
+    with VendorClient(settings, cfg.node.keys / "ckks" / "acme") as vendor:
+        result = vendor.infer(model_name, preprocessed_batch)   # [N, C, H, W]
+    # record result.exchanges (job, request/response SHA-256, chain entry) in the audit ledger
+
+A retried POST keeps its job token: the vendor replays its recent answer to the same job and
+request instead of evaluating again (one chain entry per job); a job token sent with a different
+request is refused (409 ``job_token_reused``).
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from secure_infer.wire import (
 
 __all__ = [
     "ClientSettings",
+    "Exchange",
     "InferenceResult",
     "VendorClient",
     "VendorError",
@@ -85,23 +93,61 @@ class ClientSettings:
     max_backoff: float = 60.0
 
 
-@dataclass
-class InferenceResult:
-    """Decrypted outputs of one batch with the figures benchmarks and the audit ledger need."""
+@dataclass(frozen=True)
+class Exchange:
+    """One infer request/response, as both parties' hash chains record it."""
 
-    probabilities: np.ndarray
-    logits: np.ndarray
     job: str
-    model: str
-    model_version: str
-    context_sha256: str
     request_sha256: str
     response_sha256: str
     chain_entry: str
     bytes_up: int
     bytes_down: int
+    images: int
+
+
+@dataclass
+class InferenceResult:
+    """Decrypted outputs of one batch with the figures benchmarks and the audit ledger need.
+
+    A batch larger than one request may carry (the plan's ``max_ciphertexts`` or the vendor's
+    ``max_request_bytes``) is sent as several requests, one :class:`Exchange` each; ``timings``
+    are summed over them.
+    """
+
+    probabilities: np.ndarray
+    logits: np.ndarray
+    model: str
+    model_version: str
+    context_sha256: str
+    exchanges: list[Exchange]
     context_bytes_uploaded: int
     timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def job(self) -> str:
+        """Job token of the first request (see ``exchanges`` for all)."""
+        return self.exchanges[0].job
+
+    @property
+    def request_sha256(self) -> str:
+        return self.exchanges[0].request_sha256
+
+    @property
+    def response_sha256(self) -> str:
+        return self.exchanges[0].response_sha256
+
+    @property
+    def chain_entry(self) -> str:
+        return self.exchanges[0].chain_entry
+
+    @property
+    def bytes_up(self) -> int:
+        return sum(e.bytes_up for e in self.exchanges)
+
+    @property
+    def bytes_down(self) -> int:
+        return sum(e.bytes_down for e in self.exchanges)
 
 
 def apply_activations(manifest: Manifest, logits: np.ndarray) -> np.ndarray:
@@ -152,6 +198,7 @@ class VendorClient:
         self._models: dict[str, tuple[Manifest, Any]] = {}
         self._sessions: dict[str, Any] = {}
         self._uploaded: set[tuple[str, str]] = set()
+        self._limits: dict[str, Any] | None = None
 
     def __enter__(self) -> VendorClient:
         return self
@@ -319,55 +366,89 @@ class VendorClient:
         )
         return resp, t_send, t_headers, t_done, body
 
+    def _max_request_bytes(self) -> int | None:
+        if self._limits is None:
+            self._limits = dict(self.health().get("limits") or {})
+        value = self._limits.get("max_request_bytes")
+        return int(value) if value else None
+
+    def _chunks(self, frames: Sequence[bytes], spec: Any) -> list[tuple[int, int]]:
+        """``(start, stop)`` ciphertext ranges that each fit one request."""
+        step = max(1, int(getattr(spec, "max_ciphertexts", len(frames)) or len(frames)))
+        limit = self._max_request_bytes()
+        if limit and frames:
+            per_frame = max(len(f) for f in frames) + 4
+            step = max(1, min(step, (limit - 8) // per_frame))
+        return [(i, min(i + step, len(frames))) for i in range(0, len(frames), step)]
+
     def infer(self, name: str, x: np.ndarray) -> InferenceResult:
         """Encrypted inference of the preprocessed batch ``x`` ([N, C, H, W])."""
         t0 = time.perf_counter()
-        manifest, _ = self.model_info(name)
+        manifest, spec = self.model_info(name)
         sess = self.session(name)
         sha, ctx_bytes = self.ensure_context(name)
+        arr = np.asarray(x, dtype=np.float64)
+        n_images = int(arr.shape[0])
         t_enc = time.perf_counter()
-        frames = sess.encrypt(np.asarray(x, dtype=np.float64))
-        t_encrypted = time.perf_counter()
-        job = new_job_token()
-        resp, t_send, t_headers, t_done, body = self.infer_frames(name, sha, frames, job)
-        if resp.status_code == 400 and self._error_code(resp) == "unknown_context":
-            # the vendor lost our context (state wiped): upload again and retry once
-            self._uploaded.discard((name, sha))
-            sha, more = self.ensure_context(name)
-            ctx_bytes += more
-            resp, t_send, t_headers, t_done, body = self.infer_frames(name, sha, frames, job)
-        self._raise_for(resp)
-        if resp.headers.get(H_JOB) != job:
-            raise InferenceError("vendor answered for another job token")
-        outputs = decode_frames(resp.content)
-        t_dec = time.perf_counter()
-        logits = np.asarray(sess.decrypt(outputs, int(np.asarray(x).shape[0])))
+        frames = sess.encrypt(arr)
+        timings = dict.fromkeys(
+            ("upload", "queue", "evaluate", "server", "download", "decrypt"), 0.0
+        )
+        timings["encrypt"] = time.perf_counter() - t_enc
+        per = max(1, int(getattr(spec, "images_per_ciphertext", 1)))
+        exchanges: list[Exchange] = []
+        logits_parts: list[np.ndarray] = []
+        version = ""
+        for start, stop in self._chunks(frames, spec):
+            chunk = frames[start:stop]
+            k = min(len(chunk) * per, n_images - start * per)
+            job = new_job_token()
+            resp, t_send, t_headers, t_done, body = self.infer_frames(name, sha, chunk, job)
+            if resp.status_code == 400 and self._error_code(resp) == "unknown_context":
+                # the vendor lost our context (state wiped): upload again and retry once
+                self._uploaded.discard((name, sha))
+                sha, more = self.ensure_context(name)
+                ctx_bytes += more
+                resp, t_send, t_headers, t_done, body = self.infer_frames(name, sha, chunk, job)
+            self._raise_for(resp)
+            if resp.headers.get(H_JOB) != job:
+                raise InferenceError("vendor answered for another job token")
+            outputs = decode_frames(resp.content)
+            t_dec = time.perf_counter()
+            logits_parts.append(np.asarray(sess.decrypt(outputs, k)))
+            timings["decrypt"] += time.perf_counter() - t_dec
+            server_s = float(resp.headers.get(H_SERVER_SECONDS, "0"))
+            timings["upload"] += max(0.0, t_headers - t_send - server_s)
+            timings["queue"] += float(resp.headers.get(H_QUEUE_SECONDS, "0"))
+            timings["evaluate"] += float(resp.headers.get(H_EVALUATE_SECONDS, "0"))
+            timings["server"] += server_s
+            timings["download"] += t_done - t_headers
+            version = resp.headers.get(H_MODEL_VERSION, "")
+            exchanges.append(
+                Exchange(
+                    job=job,
+                    request_sha256=frames_sha256(body),
+                    response_sha256=frames_sha256(resp.content),
+                    chain_entry=resp.headers.get(H_CHAIN, ""),
+                    bytes_up=len(body),
+                    bytes_down=len(resp.content),
+                    images=k,
+                )
+            )
+        logits = np.concatenate(logits_parts, axis=0)
+        t_act = time.perf_counter()
         probs = apply_activations(manifest, logits)
         t_end = time.perf_counter()
-        server_s = float(resp.headers.get(H_SERVER_SECONDS, "0"))
-        timings = {
-            "encrypt": t_encrypted - t_enc,
-            "upload": max(0.0, t_headers - t_send - server_s),
-            "queue": float(resp.headers.get(H_QUEUE_SECONDS, "0")),
-            "evaluate": float(resp.headers.get(H_EVALUATE_SECONDS, "0")),
-            "server": server_s,
-            "download": t_done - t_headers,
-            "decrypt": t_end - t_dec,
-            "total": t_end - t0,
-            "total_without_setup": t_end - t_enc,
-        }
+        timings["decrypt"] += t_end - t_act
+        timings["total"] = t_end - t0
+        timings["total_without_setup"] = t_end - t_enc
         return InferenceResult(
             probabilities=probs,
             logits=logits,
-            job=job,
             model=name,
-            model_version=resp.headers.get(H_MODEL_VERSION, ""),
+            model_version=version,
             context_sha256=sha,
-            request_sha256=frames_sha256(body),
-            response_sha256=frames_sha256(resp.content),
-            chain_entry=resp.headers.get(H_CHAIN, ""),
-            bytes_up=len(body),
-            bytes_down=len(resp.content),
+            exchanges=exchanges,
             context_bytes_uploaded=ctx_bytes,
             timings=timings,
         )

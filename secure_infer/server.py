@@ -21,6 +21,7 @@ import hashlib
 import logging
 import ssl
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ from starlette.routing import Route
 
 from secure_infer.certs import cert_common_name, cert_fingerprint
 from secure_infer.chain import HashChain
-from secure_infer.errors import InferenceError, ModelNotFoundError
+from secure_infer.errors import CiphertextError, InferenceError, ModelNotFoundError
 from secure_infer.framing import MEDIA_TYPE, decode_frames, encode_frames, frames_sha256
 from secure_infer.server_pool import EvalPool
 from secure_infer.server_store import ContextStore, hospital_namespace
@@ -82,7 +83,7 @@ class ServerSettings:
 
     manifests: tuple[Path, ...]
     state_dir: Path
-    max_request_bytes: int = 16 * 1024 * 1024
+    max_request_bytes: int = 64 * 1024 * 1024
     max_context_bytes: int = 256 * 1024 * 1024
     max_frames: int = 1024
     workers: int = 1
@@ -116,6 +117,25 @@ class _Hospital:
         return self.fingerprint[:12]
 
 
+_REPLAY_CACHE = 64
+
+
+@dataclass(frozen=True)
+class _Answered:
+    """A recent answer, replayed when a client retries the same job (e.g. after a lost reply)."""
+
+    request_sha256: str
+    body: bytes
+    headers: dict[str, str]
+
+
+class JobReusedError(InferenceError):
+    """A job token was sent again with a different request."""
+
+    code = "job_token_reused"
+    http_status = 409
+
+
 class VendorServer:
     """State shared by the request handlers: models, context store, pool, chain."""
 
@@ -132,6 +152,7 @@ class VendorServer:
         settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.store = ContextStore(settings.state_dir / "contexts")
         self.chain = HashChain(settings.state_dir / "chain.jsonl")
+        self._answered: OrderedDict[tuple[str, str], _Answered] = OrderedDict()
         self.pool = EvalPool(
             settings.manifests,
             self.store.root,
@@ -139,6 +160,15 @@ class VendorServer:
             settings.queue_size,
             settings.context_cache,
         )
+
+    def recall(self, namespace: str, job: str) -> _Answered | None:
+        """The answer already given to this hospital's job token, if recent."""
+        return self._answered.get((namespace, job))
+
+    def remember(self, namespace: str, job: str, answered: _Answered) -> None:
+        self._answered[(namespace, job)] = answered
+        while len(self._answered) > _REPLAY_CACHE:
+            self._answered.popitem(last=False)
 
     def model(self, name: str) -> Any:
         try:
@@ -217,6 +247,11 @@ async def health(request: Request) -> Response:
             "in_flight": srv.pool.in_flight,
             "capacity": srv.pool.capacity,
             "chain_head": srv.chain.head,
+            "limits": {
+                "max_request_bytes": srv.settings.max_request_bytes,
+                "max_context_bytes": srv.settings.max_context_bytes,
+                "max_frames": srv.settings.max_frames,
+            },
         }
     )
 
@@ -292,6 +327,42 @@ async def get_context(request: Request) -> Response:
     return JSONResponse({"sha256": sha, "bytes": size})
 
 
+async def _evaluate_split(
+    srv: VendorServer, model: str, hosp: _Hospital, ctx_sha: str, inputs: list[bytes]
+) -> tuple[list[bytes], float, float]:
+    """Evaluate ``inputs``, split across idle workers when there are several.
+
+    Ciphertexts are independent, so a batch is cut into contiguous parts evaluated in parallel
+    (one pool slot each) and the outputs are concatenated in order. Returns
+    ``(outputs, evaluate_seconds, queue_seconds)`` (the slowest part's figures).
+    """
+    parts = max(1, min(srv.pool.workers, len(inputs), srv.pool.free_slots))
+    bounds = [(len(inputs) * i // parts, len(inputs) * (i + 1) // parts) for i in range(parts)]
+    results = await asyncio.gather(
+        *(
+            srv.pool.submit(
+                "evaluate",
+                model,
+                hosp.namespace,
+                ctx_sha,
+                inputs[a:b],
+                timeout=srv.settings.evaluate_timeout,
+            )
+            for a, b in bounds
+        ),
+        return_exceptions=True,
+    )
+    outputs: list[bytes] = []
+    eval_s = queue_s = 0.0
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+        (part, part_eval), part_queue = r
+        outputs.extend(part)
+        eval_s, queue_s = max(eval_s, part_eval), max(queue_s, part_queue)
+    return outputs, eval_s, queue_s
+
+
 async def infer(request: Request) -> Response:
     srv = _srv(request)
     hosp = _hospital(request)
@@ -302,17 +373,21 @@ async def infer(request: Request) -> Response:
     inputs = decode_frames(body, srv.settings.max_frames)
     if not inputs:
         raise BadRequestError("no ciphertexts in the request")
-    t_body = time.monotonic()
-    (outputs, eval_s), queue_s = await srv.pool.submit(
-        "evaluate",
-        vm.manifest.name,
-        hosp.namespace,
-        ctx_sha,
-        inputs,
-        timeout=srv.settings.evaluate_timeout,
-    )
-    out_body = encode_frames(outputs)
     req_sha = frames_sha256(body)
+    seen = srv.recall(hosp.namespace, job)
+    if seen is not None:
+        if seen.request_sha256 != req_sha:
+            raise JobReusedError("this job token was already used for another request")
+        log.info("infer job=%s replayed (retry of an answered request)", job)
+        return Response(seen.body, media_type=MEDIA_TYPE, headers=seen.headers)
+    limit = int(getattr(vm.spec, "max_ciphertexts", len(inputs)))
+    if len(inputs) > limit:
+        raise CiphertextError(
+            f"expected 1..{limit} ciphertexts, got {len(inputs)}", code="wrong_count"
+        )
+    t_body = time.monotonic()
+    outputs, eval_s, queue_s = await _evaluate_split(srv, vm.manifest.name, hosp, ctx_sha, inputs)
+    out_body = encode_frames(outputs)
     resp_sha = frames_sha256(out_body)
     entry = await anyio.to_thread.run_sync(
         lambda: srv.chain.append(
@@ -338,18 +413,16 @@ async def infer(request: Request) -> Response:
         queue_s,
         eval_s,
     )
-    return Response(
-        out_body,
-        media_type=MEDIA_TYPE,
-        headers={
-            H_JOB: job,
-            H_MODEL_VERSION: vm.manifest.version,
-            H_CHAIN: entry["entry_hash"],
-            H_EVALUATE_SECONDS: f"{eval_s:.6f}",
-            H_QUEUE_SECONDS: f"{queue_s:.6f}",
-            H_SERVER_SECONDS: f"{server_s:.6f}",
-        },
-    )
+    headers = {
+        H_JOB: job,
+        H_MODEL_VERSION: vm.manifest.version,
+        H_CHAIN: entry["entry_hash"],
+        H_EVALUATE_SECONDS: f"{eval_s:.6f}",
+        H_QUEUE_SECONDS: f"{queue_s:.6f}",
+        H_SERVER_SECONDS: f"{server_s:.6f}",
+    }
+    srv.remember(hosp.namespace, job, _Answered(req_sha, out_body, headers))
+    return Response(out_body, media_type=MEDIA_TYPE, headers=headers)
 
 
 async def _inference_error(request: Request, exc: Exception) -> Response:
@@ -448,9 +521,9 @@ def serve(
     """Run the vendor server until SIGTERM/SIGINT."""
     import uvicorn
 
+    ssl_ctx = build_ssl_context(tls)  # fail fast on unreadable TLS files, before compiling
     server = VendorServer(settings)
     app = build_app(server)
-    ssl_ctx = build_ssl_context(tls)
     config = uvicorn.Config(
         app,
         host=host,

@@ -193,10 +193,15 @@ class EvalPool:
         self.in_flight += 1
         executor = self._executor
         try:
-            fut = loop.run_in_executor(executor, _run_task, task, *args)
-        except BrokenProcessPool:
+            try:
+                fut = loop.run_in_executor(executor, _run_task, task, *args)
+            except BrokenProcessPool:
+                # a worker died while idle: start a fresh pool and submit there
+                log.error("worker pool broken (a worker died); restarting it")
+                self._executor = executor = self._new_executor()
+                fut = loop.run_in_executor(executor, _run_task, task, *args)
+        except BaseException:
             self.in_flight -= 1
-            self._executor = self._new_executor()
             raise
         fut.add_done_callback(self._done)
         try:
@@ -222,6 +227,11 @@ class EvalPool:
         if task == "evaluate":
             self._ewma = elapsed if self._ewma is None else 0.7 * self._ewma + 0.3 * elapsed
         return value, max(0.0, started - submitted)
+
+    @property
+    def free_slots(self) -> int:
+        """Jobs that can be admitted right now."""
+        return max(0, self.capacity - self.in_flight)
 
     def _done(self, _fut: asyncio.Future[Any]) -> None:
         self.in_flight -= 1

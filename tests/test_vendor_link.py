@@ -281,7 +281,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     pki = make_pki(root)
     tiny = write_model_package(root / "models", "tiny", side=16, kernel=4, seed=1)
     other = write_model_package(root / "models", "other", side=8, kernel=2, seed=2, mlp=True)
-    vp = VendorProcess(root / "srv", pki, [tiny, other], max_request_bytes=4 * 1024 * 1024)
+    vp = VendorProcess(
+        root / "srv", pki, [tiny, other], max_request_bytes=4 * 1024 * 1024, read_timeout_seconds=2
+    )
     vp.start()
     try:
         yield Env(vp, pki, tiny, other, root / "hospital-keys")
@@ -382,6 +384,42 @@ def test_encrypted_inference_matches_onnxruntime(env: Env) -> None:
         "response_sha256",
         "entry_hash",
     }
+
+
+def test_large_batch_is_split_into_requests(env: Env) -> None:
+    with client_for(env.vendor, env.pki.hospital_a, env.keys) as c:
+        _, spec = c.model_info("tiny")
+        per = spec.images_per_ciphertext
+        x = inputs(2 * per + 1, 16, seed=13)  # three ciphertexts
+        frame = len(c.session("tiny").encrypt(x[:1])[0])
+        assert c.health()["limits"]["max_request_bytes"] == 4 * 1024 * 1024
+        c._limits = {"max_request_bytes": int(2.5 * (frame + 4))}  # as if the vendor allowed two
+        res = c.infer("tiny", x)
+    assert [e.images for e in res.exchanges] == [2 * per, 1]
+    assert len({e.job for e in res.exchanges}) == 2
+    assert res.probabilities.shape == (2 * per + 1, 1)
+    assert np.max(np.abs(res.probabilities - onnx_reference(env.tiny, x))) <= TOL
+    chain = [
+        json.loads(line) for line in (env.vendor.state_dir / "chain.jsonl").read_text().splitlines()
+    ]
+    by_job = {e["job"]: e for e in chain}
+    for ex in res.exchanges:
+        assert by_job[ex.job]["request_sha256"] == ex.request_sha256
+
+
+def test_retried_job_is_replayed_not_reevaluated(env: Env) -> None:
+    sess = _session(env)
+    sha = sess.context_sha256()
+    frames = sess.encrypt(inputs(1, 16, seed=16))
+    job = new_job_token()
+    first = _infer_raw(env, frames, sha, job=job)
+    again = _infer_raw(env, frames, sha, job=job)  # e.g. the first answer was lost
+    assert first.status_code == again.status_code == 200
+    assert again.content == first.content
+    chain = (env.vendor.state_dir / "chain.jsonl").read_text()
+    assert chain.count(job) == 1  # one evaluation, one chain entry
+    other = sess.encrypt(inputs(1, 16, seed=17))
+    _expect(env, _infer_raw(env, other, sha, job=job), 409, "job_token_reused")
 
 
 def test_context_uploaded_once_per_hospital_key(env: Env) -> None:
@@ -573,6 +611,35 @@ def test_oversize_request_gets_413(env: Env) -> None:
     _expect(env, resp, 413, "request_too_large")
 
 
+def test_slow_body_times_out(env: Env) -> None:
+    """A client that stops sending its body (slowloris) gets 503 timeout after read_timeout."""
+    import socket
+
+    ctx = ssl.create_default_context(cafile=str(env.pki.ca))
+    ctx.load_cert_chain(str(env.pki.hospital_a.cert), str(env.pki.hospital_a.key))
+    head = (
+        "POST /v1/models/tiny/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n"
+        f"{H_JOB}: {new_job_token()}\r\n{H_CONTEXT}: {'a' * 64}\r\n\r\n"
+    ).encode()
+    t0 = time.monotonic()
+    with (
+        socket.create_connection(("127.0.0.1", env.vendor.port), timeout=30) as raw,
+        ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s,
+    ):
+        s.sendall(head + b"BRF1")
+        data = b""
+        while b"}" not in data:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    elapsed = time.monotonic() - t0
+    assert data.startswith(b"HTTP/1.1 503"), data[:200]
+    assert b'"error":"timeout"' in data
+    assert 1.5 <= elapsed < 20
+    assert_healthy(env)
+
+
 # ------------------------------------------------------------------ saturation
 def test_saturated_server_answers_503_with_retry_after(env: Env) -> None:
     sess = _session(env)
@@ -625,32 +692,91 @@ def test_client_retries_after_503(env: Env) -> None:
         t.join(timeout=120)
 
 
-# ------------------------------------------------------------------ restart
-def test_context_survives_restart(tmp_path: Path) -> None:
+# ------------------------------------------------------------------ worker crash
+def _worker_pids(vp: VendorProcess) -> list[int]:
+    assert vp.proc is not None
+    out = []
+    children = Path(f"/proc/{vp.proc.pid}/task/{vp.proc.pid}/children").read_text().split()
+    for pid in children:
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except FileNotFoundError:
+            continue
+        if b"spawn_main" in cmd:
+            out.append(int(pid))
+    return out
+
+
+def test_worker_crash_fails_one_request_and_the_server_recovers(env: Env) -> None:
+    import signal
+
+    sess = _session(env)
+    sha = sess.context_sha256()
+    slow = sess.encrypt(inputs(3 * sess.spec.images_per_ciphertext, 16, seed=14))
+    got: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: got.setdefault("resp", _infer_raw(env, slow, sha)))
+    t.start()
+    try:
+        with raw_client(env.vendor, env.pki.hospital_a) as c:
+            while c.get("/v1/health").json()["in_flight"] < 1:
+                time.sleep(0.005)
+        pids = _worker_pids(env.vendor)
+        assert pids
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)  # a native crash in SEAL would look the same
+    finally:
+        t.join(timeout=120)
+    _expect(env, got["resp"], 500, "worker_crashed")
+    # the pool was rebuilt: the next request is evaluated normally
+    x = inputs(1, 16, seed=15)
+    with client_for(env.vendor, env.pki.hospital_a, env.keys) as cl:
+        res = cl.infer("tiny", x)
+    assert np.max(np.abs(res.probabilities - onnx_reference(env.tiny, x))) <= TOL
+    # a worker that dies while idle is replaced too
+    for pid in _worker_pids(env.vendor):
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(0.5)
+    with client_for(env.vendor, env.pki.hospital_a, env.keys) as cl:
+        res = cl.infer("tiny", x)
+    assert np.max(np.abs(res.probabilities - onnx_reference(env.tiny, x))) <= TOL
+
+
+# ------------------------------------------------------------------ restart + demo model
+DEMO = ROOT / "secure_infer" / "models" / "demo-lesion" / "manifest.yaml"
+
+
+def test_demo_model_and_context_survive_restart(tmp_path: Path) -> None:
+    """The shipped demo model end to end on phantoms; its context is still there after a restart."""
+    from secure_infer.demo.phantoms import labelled_set
+
     pki = make_pki(tmp_path)
-    tiny = write_model_package(tmp_path / "models", "tiny", side=16, kernel=4, seed=1)
-    vp = VendorProcess(tmp_path / "srv", pki, [tiny])
+    # two workers: a batch of several ciphertexts is split across them
+    vp = VendorProcess(
+        tmp_path / "srv", pki, [DEMO], max_request_bytes=8 * 1024 * 1024, workers=2, queue_size=2
+    )
     keys = tmp_path / "keys"
-    x = inputs(1, 16, seed=12)
+    x, labels = labelled_set(seed=2024, n=4)
+    ref = onnx_reference(DEMO, x)
     vp.start()
     try:
         with client_for(vp, pki.hospital_a, keys) as c:
-            first = c.infer("tiny", x)
+            first = c.infer("demo-lesion", x)
     finally:
         vp.stop()
     assert first.context_bytes_uploaded > 0
+    assert np.max(np.abs(first.probabilities - ref)) <= TOL, (first.probabilities, ref)
+    assert np.array_equal(first.probabilities > 0.5, ref > 0.5)
     vp.start()
     try:
         with client_for(vp, pki.hospital_a, keys) as c:
-            second = c.infer("tiny", x)
+            second = c.infer("demo-lesion", x[:1])
     finally:
         vp.stop()
-    assert second.context_bytes_uploaded == 0  # the vendor still had it
+    assert second.context_bytes_uploaded == 0  # the vendor still had it after the restart
     assert second.context_sha256 == first.context_sha256
-    assert np.max(np.abs(second.probabilities - onnx_reference(tiny, x))) <= TOL
-    # re-randomized: the same input gives different ciphertexts (and response bytes)
-    assert second.response_sha256 != first.response_sha256
-    assert verify_chain(vp.state_dir / "chain.jsonl") == 2
+    assert np.max(np.abs(second.probabilities - ref[:1])) <= TOL
+    assert verify_chain(vp.state_dir / "chain.jsonl") == len(first.exchanges) + 1
     # logs carry job tokens and hashes only
     log = vp.log()
     assert first.job in log and second.job in log
+    assert labels.shape == (4,)

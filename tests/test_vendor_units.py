@@ -231,6 +231,19 @@ def test_vendor_config_relative_paths(tmp_path: Path) -> None:
     assert cfg.tls.cert == tmp_path / "t" / "s.crt"
     assert cfg.models == (tmp_path / "m" / "manifest.yaml",)
     assert cfg.state_dir == tmp_path / "state"
+    for name in ("b", "a", "m"):
+        (tmp_path / "zoo" / name).mkdir(parents=True)
+        (tmp_path / "zoo" / name / "manifest.yaml").write_text("name: x\n")
+    p.write_text(p.read_text() + "models_dir: zoo\n")
+    found = load_vendor_config(p).manifest_paths()
+    assert found == (
+        tmp_path / "m" / "manifest.yaml",
+        *(tmp_path / "zoo" / n / "manifest.yaml" for n in ("a", "b", "m")),
+    )
+    p.write_text("tls: {cert: a, key: b, client_ca: c}\n")
+    with pytest.raises(ConfigError) as info:
+        load_vendor_config(p)
+    assert any("list at least one manifest.yaml" in x for x in info.value.problems)
 
 
 def test_vendor_peer_section_requires_https() -> None:
@@ -283,3 +296,43 @@ def test_vendor_unit_verifies_and_is_hardened(tmp_path: Path) -> None:
     res = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
     assert res.stderr.strip() == "", res.stderr
+
+
+def test_vendor_serve_refuses_bad_config_and_missing_tls(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("listen: {port: 70000}\n")
+    assert main(["vendor", "serve", "--config", str(bad)]) == 2
+    assert "listen.port: must be <= 65535" in capsys.readouterr().err
+    missing = tmp_path / "v.yaml"
+    missing.write_text(
+        "tls: {cert: nope.crt, key: nope.key, client_ca: ca.crt}\nmodels: [m/manifest.yaml]\n"
+        f"state_dir: {tmp_path / 'state'}\nlisten: {{port: 1}}\n"
+    )
+    assert main(["vendor", "serve", "--config", str(missing)]) == 2
+    assert "cannot start" in capsys.readouterr().err
+
+
+def test_client_gives_up_after_max_attempts_on_connection_errors(tmp_path: Path) -> None:
+    import time
+
+    from secure_infer.client import ClientSettings, VendorClient, VendorUnavailableError
+    from tests.peers import free_port
+
+    certs.create_ca(tmp_path / "ca")
+    pair = certs.issue_client_cert(tmp_path / "ca", tmp_path / "tls", "hospital-a")
+    settings = ClientSettings(
+        url=f"https://127.0.0.1:{free_port()}",  # nobody listens
+        client_cert=pair.cert,
+        client_key=pair.key,
+        ca=tmp_path / "ca" / "ca.crt",
+        max_attempts=3,
+        initial_backoff=0.05,
+        max_backoff=0.1,
+    )
+    t0 = time.monotonic()
+    with VendorClient(settings, tmp_path / "keys") as c, pytest.raises(VendorUnavailableError) as e:
+        c.health()
+    assert "after 3 attempts" in str(e.value) and "ConnectError" in str(e.value)
+    assert time.monotonic() - t0 >= 0.15  # backed off 0.05 + 0.1

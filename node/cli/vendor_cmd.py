@@ -10,11 +10,14 @@ blindread vendor verify-chain FILE
 from __future__ import annotations
 
 import argparse
+import ssl
 import sys
 from pathlib import Path
 
 from node.config.vendor import load_vendor_config
 from node.logsetup import configure_logging
+from secure_infer.errors import InferenceError
+from secure_infer.manifest import ManifestError
 
 __all__ = ["register"]
 
@@ -78,14 +81,21 @@ def _serve(args: argparse.Namespace) -> int:
         context_cache=lim.context_cache,
     )
     tls = TlsFiles(cert=cfg.tls.cert, key=cfg.tls.key, client_ca=cfg.tls.client_ca)
-    serve(
-        settings,
-        tls,
-        cfg.listen.host,
-        cfg.listen.port,
-        log_level=cfg.log_level,
-        max_connections=cfg.listen.max_connections,
-    )
+    try:
+        serve(
+            settings,
+            tls,
+            cfg.listen.host,
+            cfg.listen.port,
+            log_level=cfg.log_level,
+            max_connections=cfg.listen.max_connections,
+        )
+    except (OSError, ssl.SSLError) as exc:
+        print(f"vendor serve: cannot start: {exc}", file=sys.stderr)
+        return 2
+    except (InferenceError, ManifestError, ValueError) as exc:
+        print(f"vendor serve: cannot load a model: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

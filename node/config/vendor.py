@@ -40,7 +40,7 @@ class VendorTlsSection(FrozenModel):
 class VendorLimitsSection(FrozenModel):
     """Resource limits that keep one hospital from starving the others."""
 
-    max_request_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     max_context_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
     max_frames: int = Field(default=1024, ge=1)
     workers: int = Field(default=1, ge=1, le=64)
