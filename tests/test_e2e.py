@@ -9,7 +9,10 @@ line or in any byte sent to the vendor.
 
 from __future__ import annotations
 
+import json
 import logging
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,7 @@ import onnxruntime as ort
 import pytest
 from pydicom import dcmwrite
 from pydicom.filebase import DicomBytesIO
+from pynetdicom import AE
 
 from node.audit import load_public_key, public_key_path, verify_ledger
 from node.logsetup import quiet_loggers
@@ -68,7 +72,7 @@ def test_orthanc_push_to_sr_in_same_study(
         *[str(ds.SOPInstanceUID).encode() for ds in study],
     ]
 
-    with Stack(tmp_path, quiet_seconds=3.0, pacs="orthanc") as stack:
+    with Stack(tmp_path, quiet_seconds=3.0, pacs="orthanc", metrics=True) as stack:
         pacs = stack.pacs
         assert pacs is not None and hasattr(pacs, "upload")
         for ds in study:
@@ -88,6 +92,24 @@ def test_orthanc_push_to_sr_in_same_study(
         assert len(instances) == len(study) + 1
         sr_path = tmp_path / "sr.dcm"
         sr.save_as(sr_path)
+
+        # an association to the wrong called AE is refused and counted
+        ae = AE(ae_title="INTRUDER")
+        ae.add_requested_context("1.2.840.10008.1.1")
+        assoc = ae.associate("127.0.0.1", stack.node_port, ae_title="NOT-US")
+        assert assoc.is_rejected
+        # the node's Prometheus endpoint saw the whole path; no identifier in any label
+        server = stack.node.metrics_server
+        assert server is not None
+        deadline = time.monotonic() + 15  # the runner marks the job done just after delivery
+        while True:
+            with urllib.request.urlopen(server.url + "/metrics", timeout=10) as resp:
+                scrape = resp.read()
+            if b'blindread_jobs{state="done"} 1.0' in scrape or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        with urllib.request.urlopen(server.url + "/healthz", timeout=10) as resp:
+            assert json.loads(resp.read())["status"] == "ok"
 
     report = read_result_sr(sr)
     assert report.study_instance_uid == study_uid
@@ -111,6 +133,20 @@ def test_orthanc_push_to_sr_in_same_study(
     expected = sess.run(None, {"image": x.astype(np.float32)})[0][:, 0]
     assert finding.probability == pytest.approx(float(expected.max()), abs=1e-3)
     assert finding.present == bool(expected.max() >= manifest.outputs[0].threshold)
+
+    values = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in scrape.decode().splitlines()
+        if line and not line.startswith("#")
+    }
+    assert values["blindread_instances_received_total"] == len(study)
+    assert values["blindread_studies_completed_total"] == 1
+    assert values['blindread_associations_rejected_total{reason="called_ae"}'] == 1
+    assert values['blindread_sr_deliveries_total{outcome="success"}'] == 1
+    assert values['blindread_jobs{state="done"}'] == 1
+    assert values['blindread_vendor_bytes_total{direction="sent"}'] > 0
+    for needle in needles:
+        assert needle not in scrape
 
     # valid DICOM, readable by dcmtk
     assert_valid_dicom(sr_path, "Comprehensive3DSR")
