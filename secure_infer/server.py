@@ -38,6 +38,7 @@ from secure_infer.certs import cert_common_name, cert_fingerprint
 from secure_infer.chain import HashChain
 from secure_infer.errors import CiphertextError, InferenceError, ModelNotFoundError
 from secure_infer.framing import MEDIA_TYPE, decode_frames, encode_frames, frames_sha256
+from secure_infer.server_metrics import VendorMetrics, VendorMetricsMiddleware, metrics_endpoint
 from secure_infer.server_pool import EvalPool
 from secure_infer.server_store import ContextStore, hospital_namespace
 from secure_infer.wire import (
@@ -152,6 +153,7 @@ class VendorServer:
         settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.store = ContextStore(settings.state_dir / "contexts")
         self.chain = HashChain(settings.state_dir / "chain.jsonl")
+        self.metrics = VendorMetrics()
         self._answered: OrderedDict[tuple[str, str], _Answered] = OrderedDict()
         self.pool = EvalPool(
             settings.manifests,
@@ -254,6 +256,13 @@ async def health(request: Request) -> Response:
             },
         }
     )
+
+
+async def healthz(request: Request) -> Response:
+    """Liveness for orchestration (same mutual TLS): 200 while the worker pool runs."""
+    srv = _srv(request)
+    ok = srv.pool.capacity > 0
+    return JSONResponse({"status": "ok" if ok else "unhealthy"}, status_code=200 if ok else 503)
 
 
 async def list_models(request: Request) -> Response:
@@ -400,6 +409,7 @@ async def infer(request: Request) -> Response:
         )
     )
     server_s = time.monotonic() - t_body
+    srv.metrics.observe_infer(len(body), len(out_body), eval_s, queue_s)
     log.info(
         "infer job=%s model=%s ctx=%s.. hospital=%s in=%d/%dB out=%d/%dB queue=%.3fs eval=%.3fs",
         job,
@@ -464,6 +474,8 @@ def build_app(server: VendorServer) -> Starlette:
             Route(p + "/models/{name}/infer", infer, methods=["POST"]),
             Route(f"{p}/contexts", put_context, methods=["PUT"]),
             Route(p + "/contexts/{sha}", get_context, methods=["GET", "HEAD"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
         ],
         exception_handlers={
             InferenceError: _inference_error,
@@ -473,6 +485,7 @@ def build_app(server: VendorServer) -> Starlette:
         lifespan=lifespan,
     )
     app.state.vendor = server
+    app.add_middleware(VendorMetricsMiddleware, metrics=server.metrics)
     return app
 
 

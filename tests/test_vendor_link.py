@@ -780,3 +780,25 @@ def test_demo_model_and_context_survive_restart(tmp_path: Path) -> None:
     log = vp.log()
     assert first.job in log and second.job in log
     assert labels.shape == (4,)
+
+
+# ------------------------------------------------------------------ observability
+def test_vendor_metrics_and_healthz(env: Env) -> None:
+    with client_for(env.vendor, env.pki.hospital_a, env.keys) as c:
+        c.infer("tiny", inputs(1, 16, seed=7))
+    with raw_client(env.vendor, env.pki.hospital_a) as c:
+        assert c.get("/healthz").json() == {"status": "ok"}
+        scrape = c.get("/metrics").text
+    values = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in scrape.splitlines()
+        if line and not line.startswith("#")
+    }
+    infer_ok = 'blindread_vendor_requests_total{route="/v1/models/{name}/infer",status="200"}'
+    assert values[infer_ok] >= 1
+    assert values['blindread_vendor_ciphertext_bytes_total{direction="received"}'] > 0
+    assert values["blindread_vendor_evaluate_seconds_count"] >= 1
+    # labels hold route templates only: no model names, hashes or job tokens
+    assert "tiny" not in scrape and "/contexts/" + "0" * 4 not in scrape
+    with raw_client(env.vendor, None) as c, pytest.raises(httpx.TransportError):
+        c.get("/metrics")  # same mutual TLS as the API

@@ -1,0 +1,115 @@
+"""Prometheus metrics of the vendor peer (prometheus_client, a registry of its own).
+
+Labels take only fixed values: the route template (never the raw path, which holds model names
+and context hashes), the HTTP status and the byte direction. The vendor never holds identifiers,
+but job tokens and hashes stay out of labels too: they would make every request a new series.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Match
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+__all__ = ["CONTENT_TYPE", "VendorMetrics", "VendorMetricsMiddleware"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class VendorMetrics:
+    """Counters and histograms of one vendor server."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "blindread_vendor_requests",
+            "HTTP requests by route and status",
+            ["route", "status"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "blindread_vendor_request_seconds",
+            "HTTP request latency by route",
+            ["route"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.evaluate_seconds = Histogram(
+            "blindread_vendor_evaluate_seconds",
+            "Encrypted evaluation time per request",
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.queue_seconds = Histogram(
+            "blindread_vendor_queue_seconds",
+            "Time a request waited for a worker",
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.ciphertext_bytes = Counter(
+            "blindread_vendor_ciphertext_bytes",
+            "Ciphertext bytes received and returned",
+            ["direction"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "blindread_vendor_jobs_in_flight", "Evaluations running or queued", registry=r
+        )
+        for direction in ("received", "sent"):
+            self.ciphertext_bytes.labels(direction)
+
+
+    def observe_infer(self, received: int, sent: int, evaluate_s: float, queue_s: float) -> None:
+        self.ciphertext_bytes.labels("received").inc(received)
+        self.ciphertext_bytes.labels("sent").inc(sent)
+        self.evaluate_seconds.observe(evaluate_s)
+        self.queue_seconds.observe(queue_s)
+
+    def render(self) -> Response:
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE)
+
+
+class VendorMetricsMiddleware:
+    """Counts every HTTP request under its route template (``/v1/models/{name}/infer``)."""
+
+    def __init__(self, app: ASGIApp, metrics: VendorMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        route = "unmatched"
+        for candidate in scope["app"].routes if "app" in scope else ():
+            if candidate.matches(scope)[0] == Match.FULL:
+                route = getattr(candidate, "path", "unmatched")
+                break
+        status = {"code": 500}
+        t0 = time.monotonic()
+
+        async def send_wrapper(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            self.metrics.requests.labels(route, str(status["code"])).inc()
+            self.metrics.request_seconds.labels(route).observe(time.monotonic() - t0)
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    """``GET /metrics`` (behind the same mutual TLS as everything else)."""
+    srv = request.app.state.vendor
+    srv.metrics.in_flight.set(srv.pool.in_flight)
+    response: Response = srv.metrics.render()
+    return response
