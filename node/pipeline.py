@@ -59,8 +59,8 @@ class InferenceOutcome:
     probabilities: list[list[float]]
     model_version: str
     context_sha256: str
-    request_sha256: str
-    response_sha256: str
+    request_sha256: list[str]
+    response_sha256: list[str]
     bytes_up: int
     bytes_down: int
     timings: dict[str, float]
@@ -306,11 +306,11 @@ class Pipeline:
             self._audit(
                 AuditKind.INFERENCE_REQUESTED, study=job.study, model=action.model,
                 model_version=outcome.model_version, context_hash=outcome.context_sha256,
-                ciphertext_hashes=[outcome.request_sha256], images=len(batch),
+                ciphertext_hashes=outcome.request_sha256, images=len(batch),
             )  # fmt: skip
             self._audit(
                 AuditKind.RESULT_RECEIVED, study=job.study, model=action.model,
-                model_version=outcome.model_version, response_hash=outcome.response_sha256,
+                model_version=outcome.model_version, response_hashes=outcome.response_sha256,
             )  # fmt: skip
             inferred = {
                 "probabilities": outcome.probabilities,

@@ -58,8 +58,8 @@ class ClientBackend:
             probabilities=[[float(v) for v in row] for row in np.asarray(res.probabilities)],
             model_version=res.model_version,
             context_sha256=res.context_sha256,
-            request_sha256=res.request_sha256,
-            response_sha256=res.response_sha256,
+            request_sha256=[e.request_sha256 for e in res.exchanges],
+            response_sha256=[e.response_sha256 for e in res.exchanges],
             bytes_up=res.bytes_up + res.context_bytes_uploaded,
             bytes_down=res.bytes_down,
             timings={

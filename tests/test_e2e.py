@@ -160,6 +160,15 @@ def test_orthanc_push_to_sr_in_same_study(
                  "result_received", "sr_delivered"):  # fmt: skip
         assert any(f'"kind":"{kind}"' in line for line in kinds), kind
 
+    # both sides' chains cross-check: every ciphertext hash we audited is in the vendor's chain
+    vendor_chain = [
+        json.loads(line)
+        for line in (tmp_path / "vendor" / "state" / "chain.jsonl").read_text().splitlines()
+    ]
+    ours = [json.loads(line) for line in kinds if '"kind":"inference_requested"' in line]
+    audited = {h for entry in ours for h in entry["details"]["ciphertext_hashes"]}
+    assert audited and audited <= {e["request_sha256"] for e in vendor_chain}
+
     # no PHI in logs (ours and the vendor's) nor in anything sent to the vendor
     logs = "\n".join(r.getMessage() for r in caplog.records).encode()
     vendor_log = (tmp_path / "vendor" / "vendor.log").read_bytes()
