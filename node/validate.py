@@ -180,10 +180,10 @@ def select_vendor(cfg: NodeConfig, model: str, vendor: str | None) -> str:
         return vendor
     offering = sorted(name for name, peer in cfg.vendors.items() if model in peer.models)
     if not offering:
-        known = sorted({m for peer in cfg.vendors.values() for m in peer.models})
+        models = sorted({m for peer in cfg.vendors.values() for m in peer.models})
         raise ValidateUsageError(
             f"--model: no configured vendor lists model {model!r} in vendors.<name>.models; "
-            f"known models: {', '.join(known) or 'none'}"
+            f"known models: {', '.join(models) or 'none'}"
         )
     if len(offering) > 1:
         raise ValidateUsageError(
@@ -234,7 +234,7 @@ def _preprocess_all(
     for case in cases:
         try:
             arrays.append(preprocess_file(case.file.path, manifest))
-        except Exception as exc:  # noqa: BLE001 - pixel decoders raise anything
+        except Exception as exc:  # pixel decoders raise anything
             # exception texts of pixel decoders can quote header values: show only the type
             detail = str(exc) if exc.__class__.__module__.startswith("secure_infer") else ""
             problems.append(
@@ -309,7 +309,7 @@ def run_validation(
     backend = backends(vendor)
     try:
         manifest = backend.manifest(settings.model)
-    except Exception as exc:  # noqa: BLE001 - any failure of the vendor link is exit 1
+    except Exception as exc:  # any vendor-link failure: exit 1
         raise ValidateInferenceError(
             f"vendor {vendor!r}: cannot fetch the manifest of {settings.model!r}: "
             f"{type(exc).__name__}: {exc}"
@@ -332,7 +332,7 @@ def run_validation(
         chunk = x[start : start + settings.batch]
         try:
             outcome = backend.infer(settings.model, chunk)
-        except Exception as exc:  # noqa: BLE001 - any failure of the vendor link is exit 1
+        except Exception as exc:  # any vendor-link failure: exit 1
             raise ValidateInferenceError(
                 f"encrypted inference failed on images {start + 1}-{start + len(chunk)} of "
                 f"{len(cases)}: {type(exc).__name__}: {exc}"

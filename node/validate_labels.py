@@ -98,7 +98,8 @@ def read_labels(csv_path: Path, files: list[DicomFile]) -> list[LabeledCase]:
     except FileNotFoundError:
         raise LabelError([f"{csv_path}: no such file"]) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise LabelError([f"{csv_path}: cannot read as UTF-8 text ({type(exc).__name__})"]) from None
+        problem = f"{csv_path}: cannot read as UTF-8 text ({type(exc).__name__})"
+        raise LabelError([problem]) from None
 
     by_path = {f.relpath: f for f in files}
     by_uid: dict[str, list[DicomFile]] = {}
@@ -123,9 +124,9 @@ def read_labels(csv_path: Path, files: list[DicomFile]) -> list[LabeledCase]:
             if "path" not in header and "sop_instance_uid" not in header:
                 missing.append("'path' or 'sop_instance_uid'")
             if missing:
+                columns = " and ".join(missing)
                 raise LabelError(
-                    [f"line {line}: header must name the column(s) {' and '.join(missing)}; "
-                     "see docs/validate.md"]  # fmt: skip
+                    [f"line {line}: header must name the column(s) {columns}; see docs/validate.md"]
                 )
             continue
         if len(cells) != len(header):

@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from node.deid.batch import write_atomic
 from node.validate import ValidationResult
 
-__all__ = ["REPORT_FILES", "report_dict", "render_markdown", "write_report"]
+__all__ = ["REPORT_FILES", "render_markdown", "report_dict", "write_report"]
 
 REPORT_FILES = ("report.json", "report.md", "roc.png", "calibration.png")
 
@@ -187,7 +187,8 @@ def roc_png(result: ValidationResult) -> bytes:
     fig = Figure(figsize=(5, 5))
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], linestyle=":", color="grey", label="chance")
-    ax.step(result.roc.fpr, result.roc.tpr, where="post", color="C0",
+    # straight segments, not steps: a group of tied scores moves diagonally (area = AUROC)
+    ax.plot(result.roc.fpr, result.roc.tpr, color="C0",
             label=f"AUROC {result.auroc:.3f} "
                   f"[{result.auroc_ci.low:.3f}, {result.auroc_ci.high:.3f}]")  # fmt: skip
     conf = result.confusion

@@ -39,7 +39,7 @@ from node.validate_stats import (
 from secure_infer.manifest import load_manifest
 
 LESIONS = [False, True, True, False, True, False, False, True, False, True, True, False]
-FLIPPED = {2, 9}  # indices whose CSV label contradicts the phantom (label noise)
+FLIPPED = {2, 3}  # labels contradicting the phantom: one positive, one negative
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +181,7 @@ def test_validate_report_matches_onnxruntime(
     pseudo = Pseudonymizer(key)
     expected = {(pseudo.instance(str(study[i].SOPInstanceUID)), rel[i]) for i in FLIPPED}
     assert {(d["pseudonym"], d["path"]) for d in report["discordant"]} == expected
+    assert sorted(d["kind"] for d in report["discordant"]) == ["false negative", "false positive"]
     for d in report["discordant"]:
         assert d["decision"] != d["label"]
         assert d["pseudonym"] in md and d["path"] in md

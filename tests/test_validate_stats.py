@@ -62,7 +62,7 @@ def test_auroc_equals_pairwise_definition(rows: list[tuple[float, int]]) -> None
 
 
 def test_single_class_and_bad_input_are_clear_errors() -> None:
-    with pytest.raises(StatsError, match="at least one positive and one negative.*negative"):
+    with pytest.raises(StatsError, match=r"at least one positive and one negative.*negative"):
         auroc([0.1, 0.2], [0, 0])
     with pytest.raises(StatsError, match="positive \\(1\\)"):
         bootstrap_auroc([0.1, 0.2], [1, 1])

@@ -94,8 +94,9 @@ def _validate(args: argparse.Namespace) -> int:
     print(
         f"{data['cases']['n']} cases: AUROC {a['value']:.4f} "
         f"(95% CI {a['ci_low']:.4f}-{a['ci_high']:.4f}), Brier {data['brier']:.4f}, "
-        f"sensitivity {th['tp']}/{th['tp'] + th['fn']}, specificity {th['tn']}/{th['tn'] + th['fp']}"
-        f" at threshold {data['threshold']:g}; {len(data['discordant'])} discordant case(s)"
+        f"sensitivity {th['tp']}/{th['tp'] + th['fn']}, "
+        f"specificity {th['tn']}/{th['tn'] + th['fp']} at threshold {data['threshold']:g}; "
+        f"{len(data['discordant'])} discordant case(s)"
     )
     print(f"report: {out / 'report.md'}")
     return 0
