@@ -131,21 +131,33 @@ class ValidationResult:
 class Progress:
     """A PHI-free progress line on a text stream: counts and timing only.
 
-    On a terminal the line is redrawn in place; otherwise one line per update is printed, so
-    logs captured by systemd or CI stay readable.
+    On a terminal the line is redrawn in place; otherwise a line is printed at each tenth of
+    the work, at most every ``every`` seconds in between, and at the end, so logs captured by
+    systemd or CI stay short.
     """
 
-    def __init__(self, total: int, label: str, stream: TextIO | None = None) -> None:
+    def __init__(
+        self, total: int, label: str, stream: TextIO | None = None, every: float = 5.0
+    ) -> None:
         self.total = total
         self.label = label
         self.stream = stream if stream is not None else sys.stderr
+        self.every = every
         self.done = 0
         self.t0 = time.monotonic()
+        self._last = self.t0
+        self._tenth = 0
         self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
 
     def update(self, n: int) -> None:
         self.done += n
-        elapsed = time.monotonic() - self.t0
+        now = time.monotonic()
+        tenth = 10 * self.done // self.total if self.total else 10
+        if not (self._tty or self.done >= self.total or tenth > self._tenth
+                or now - self._last >= self.every):  # fmt: skip
+            return
+        self._tenth, self._last = tenth, now
+        elapsed = now - self.t0
         rate = self.done / elapsed if elapsed > 0 else 0.0
         eta = (self.total - self.done) / rate if rate > 0 else 0.0
         pct = 100.0 * self.done / self.total if self.total else 100.0

@@ -38,6 +38,8 @@ from node.validate_stats import (
 )
 from secure_infer.manifest import load_manifest
 
+pytestmark = pytest.mark.slow
+
 LESIONS = [False, True, True, False, True, False, False, True, False, True, True, False]
 FLIPPED = {2, 3}  # labels contradicting the phantom: one positive, one negative
 

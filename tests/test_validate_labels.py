@@ -286,3 +286,11 @@ def test_progress_line_without_tty() -> None:
     lines = out.getvalue().splitlines()
     assert len(lines) == 2 and "2/3 images (67%)" in lines[0] and "3/3 images (100%)" in lines[1]
     assert not math.isnan(p.t0)
+    # one line per tenth (plus the end), not one per image
+    out = io.StringIO()
+    p = Progress(1000, "preprocess", out)
+    for _ in range(1000):
+        p.update(1)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 10 and lines[-1].startswith("preprocess [####")
+    assert "1000/1000 images (100%)" in lines[-1]
