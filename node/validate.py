@@ -15,6 +15,7 @@ Errors are split by who must act: :class:`ValidateUsageError` (and
 from __future__ import annotations
 
 import logging
+import secrets
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 
+from node.audit import AuditKind, AuditLedger
 from node.config import NodeConfig
 from node.keys import load_or_create_secret
 from node.pipeline import InferenceBackend
@@ -121,6 +123,7 @@ class ValidationResult:
     files_without_label: int
     non_dicom_files: int
     inference: dict[str, Any] = field(default_factory=dict)
+    run_id: str = ""
 
     @property
     def discordant(self) -> tuple[CaseResult, ...]:
@@ -291,12 +294,16 @@ def run_validation(
     settings: ValidationSettings,
     backends: BackendFactory,
     *,
+    audit: AuditLedger | None = None,
     stream: TextIO | None = None,
 ) -> ValidationResult:
     """Check the labels, preprocess, run encrypted inference batch by batch, compute statistics.
 
     ``backends`` maps a vendor name to an :class:`~node.pipeline.InferenceBackend`
-    (a :class:`node.vendors.VendorBackends` in production).
+    (a :class:`node.vendors.VendorBackends` in production). With ``audit``, every request to the
+    vendor is recorded as in the pipeline (``inference_requested`` / ``result_received`` with
+    ciphertext hashes, ``purpose: validation``) so the vendor's request chain still cross-checks,
+    followed by one ``validation_completed`` entry with the headline figures.
     """
     if settings.batch < 1:
         raise ValidateUsageError("--batch must be at least 1")
@@ -333,6 +340,7 @@ def run_validation(
     )  # fmt: skip
 
     x = _preprocess_all(cases, manifest, Progress(len(cases), "preprocess", stream))
+    run_id = f"val-{secrets.token_hex(8)}"
 
     probs: list[float] = []
     bytes_up = bytes_down = 0
@@ -349,6 +357,17 @@ def run_validation(
                 f"encrypted inference failed on images {start + 1}-{start + len(chunk)} of "
                 f"{len(cases)}: {type(exc).__name__}: {exc}"
             ) from exc
+        if audit is not None:
+            common = {"purpose": "validation", "validation": run_id, "vendor": vendor,
+                      "model": settings.model, "model_version": outcome.model_version}  # fmt: skip
+            audit.append(
+                AuditKind.INFERENCE_REQUESTED,
+                {**common, "context_hash": outcome.context_sha256,
+                 "ciphertext_hashes": [outcome.request_sha256], "images": len(chunk)},
+            )  # fmt: skip
+            audit.append(
+                AuditKind.RESULT_RECEIVED, {**common, "response_hash": outcome.response_sha256}
+            )
         if len(outcome.probabilities) != len(chunk):
             raise ValidateInferenceError(
                 f"vendor returned {len(outcome.probabilities)} results for {len(chunk)} images"
@@ -377,6 +396,15 @@ def run_validation(
         results, output.threshold, bootstrap=settings.bootstrap, seed=settings.seed,
         bins=settings.calibration_bins,
     )  # fmt: skip
+    if audit is not None:
+        audit.append(
+            "validation_completed",
+            {"validation": run_id, "vendor": vendor, "model": settings.model,
+             "model_version": ", ".join(sorted(versions)), "output": output.name,
+             "cases": len(results), "positives": sum(c.label for c in results),
+             "auroc": round(area, 6), "sensitivity_counts": [conf.tp, conf.tp + conf.fn],
+             "specificity_counts": [conf.tn, conf.tn + conf.fp]},
+        )  # fmt: skip
     return ValidationResult(
         model=manifest.name,
         model_version=", ".join(sorted(versions)) or manifest.version,
@@ -400,4 +428,5 @@ def run_validation(
             "seconds": {k: round(v, 3) for k, v in sorted(seconds.items())},
             "he_parameters": parameters,
         },
+        run_id=run_id,
     )

@@ -39,6 +39,7 @@ def report_dict(result: ValidationResult, created: str | None = None) -> dict[st
     n_pos = sum(c.label for c in result.cases)
     return {
         "format": "blindread-validation/1",
+        "run": result.run_id,
         "created": created or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "model": {"name": result.model, "version": result.model_version},
         "vendor": result.vendor,

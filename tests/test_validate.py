@@ -22,6 +22,7 @@ import onnxruntime as ort
 import pytest
 import yaml
 
+from node.audit import load_public_key, public_key_path, verify_ledger
 from node.cli import main
 from node.keys import load_or_create_secret
 from node.localpacs import free_port
@@ -188,6 +189,17 @@ def test_validate_report_matches_onnxruntime(
         assert d["decision"] != d["label"]
         assert d["pseudonym"] in md and d["path"] in md
 
+    # every request to the vendor is in the node's signed audit chain, without identifiers
+    ledger = state / "audit" / "ledger.jsonl"
+    assert verify_ledger(ledger, load_public_key(public_key_path(ledger))).ok
+    entries = [json.loads(line) for line in ledger.read_text().splitlines()]
+    requested = [e for e in entries if e["kind"] == "inference_requested"]
+    assert [e["details"]["images"] for e in requested] == [5, 5, 2]
+    assert all(e["details"]["purpose"] == "validation" for e in requested)
+    (done,) = [e for e in entries if e["kind"] == "validation_completed"]
+    assert done["details"]["validation"] == report["run"]
+    assert done["details"]["auroc"] == pytest.approx(report["auroc"]["value"], abs=1e-6)
+
     # plots are real PNGs of a sensible size
     for name in ("roc.png", "calibration.png"):
         w, h = _png_ok((out / name).read_bytes())
@@ -198,7 +210,7 @@ def test_validate_report_matches_onnxruntime(
                str(study[0].SeriesInstanceUID).encode(),
                *[str(ds.SOPInstanceUID).encode() for ds in study + extra]]  # fmt: skip
     blobs = [(out / "report.json").read_bytes(), md.encode(), console.out.encode(),
-             console.err.encode()]  # fmt: skip
+             console.err.encode(), ledger.read_bytes()]  # fmt: skip
     for needle in needles:
         for blob in blobs:
             assert needle not in blob, needle

@@ -55,6 +55,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _validate(args: argparse.Namespace) -> int:
     # imported here: matplotlib costs ~0.5 s, which other commands should not pay
+    from node.audit import AuditError, open_ledger
+    from node.keys import KeyFileError
     from node.validate_report import write_report
     from node.vendors import VendorBackends
 
@@ -72,9 +74,14 @@ def _validate(args: argparse.Namespace) -> int:
     out = args.out or Path(
         f"validation-{args.model}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}"
     )
+    try:
+        audit = open_ledger(cfg)
+    except (AuditError, KeyFileError, OSError) as exc:
+        print(f"error: cannot open the audit ledger: {exc}", file=sys.stderr)
+        return 2
     backends = VendorBackends(cfg)
     try:
-        result = run_validation(cfg, settings, backends)
+        result = run_validation(cfg, settings, backends, audit=audit)
     except LabelError as exc:
         print(f"labels: {len(exc.problems)} problem(s) in {args.labels}:", file=sys.stderr)
         for problem in exc.problems:
@@ -85,6 +92,9 @@ def _validate(args: argparse.Namespace) -> int:
         return 2
     except ValidateInferenceError as exc:
         print(f"inference failed: {exc}", file=sys.stderr)
+        return 1
+    except AuditError as exc:
+        print(f"error: cannot write the audit ledger: {exc}", file=sys.stderr)
         return 1
     finally:
         backends.close()
