@@ -37,6 +37,7 @@ from node.validate_stats import (
     calibration_bins,
     confusion_at,
 )
+from secure_infer import client as client_module
 from secure_infer.manifest import load_manifest
 
 pytestmark = pytest.mark.slow
@@ -97,8 +98,22 @@ def _png_ok(data: bytes) -> tuple[int, int]:
 
 
 def test_validate_report_matches_onnxruntime(
-    tmp_path: Path, vendor: dict[str, Path | int], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    vendor: dict[str, Path | int],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    sent_to_vendor: list[bytes] = []
+    original_send = client_module.VendorClient._send
+
+    def recording_send(self, method, path, **kw):  # type: ignore[no-untyped-def]
+        sent_to_vendor.append(f"{method} {path} {kw.get('params')} {kw.get('headers')}".encode())
+        if kw.get("content") is not None:
+            sent_to_vendor.append(bytes(kw["content"]))
+        return original_send(self, method, path, **kw)
+
+    monkeypatch.setattr(client_module.VendorClient, "_send", recording_send)
+
     who = PlantedIdentity()
     study = phantom_cr_study(LESIONS, seed=31, identity=who)
     data = tmp_path / "set"
@@ -209,10 +224,17 @@ def test_validate_report_matches_onnxruntime(
     needles = [*who.needles(), str(study[0].StudyInstanceUID).encode(),
                str(study[0].SeriesInstanceUID).encode(),
                *[str(ds.SOPInstanceUID).encode() for ds in study + extra]]  # fmt: skip
+    # ... nor in anything sent to the vendor (ciphertexts, public context, headers) or its log
+    assert any(b"/infer" in blob for blob in sent_to_vendor)
+    vendor_log = Path(str(vendor["workdir"])) / "vendor" / "vendor.log"
     blobs = [(out / "report.json").read_bytes(), md.encode(), console.out.encode(),
-             console.err.encode(), ledger.read_bytes()]  # fmt: skip
+             console.err.encode(), ledger.read_bytes(), vendor_log.read_bytes(),
+             *sent_to_vendor]  # fmt: skip
+    for needle in [*needles, *[r.encode() for r in rel]]:
+        for blob in blobs[4:]:
+            assert needle not in blob, needle  # not even the file paths leave the node
     for needle in needles:
-        for blob in blobs:
+        for blob in blobs[:4]:
             assert needle not in blob, needle
 
     # the vendor is gone (nothing listens on its port): inference failure -> exit 1

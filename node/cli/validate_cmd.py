@@ -98,7 +98,11 @@ def _validate(args: argparse.Namespace) -> int:
         return 1
     finally:
         backends.close()
-    data = write_report(result, out)
+    try:
+        data = write_report(result, out)
+    except OSError as exc:
+        print(f"error: cannot write the report into {out}: {exc}", file=sys.stderr)
+        return 1
     a = data["auroc"]
     th = data["at_threshold"]
     print(
