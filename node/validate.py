@@ -29,7 +29,7 @@ import pydicom
 
 from node.audit import AuditKind, AuditLedger
 from node.config import NodeConfig
-from node.keys import load_or_create_secret
+from node.keys import KeyFileError, load_or_create_secret
 from node.pipeline import InferenceBackend
 from node.pseudonym import Pseudonymizer
 from node.validate_labels import LabeledCase, read_labels, scan_dicom_files
@@ -324,9 +324,13 @@ def run_validation(
         )
     unlabeled = len(files) - len(cases)
 
-    pseudonym = Pseudonymizer(load_or_create_secret(cfg.node.keys / "pseudonym.key"))
-    backend = backends(vendor)
     try:
+        pseudonym = Pseudonymizer(load_or_create_secret(cfg.node.keys / "pseudonym.key"))
+    except (KeyFileError, OSError) as exc:
+        raise ValidateUsageError(f"pseudonym key: {exc}") from exc
+    try:
+        # creating the client reads the TLS files; fetching the manifest opens the connection
+        backend = backends(vendor)
         manifest = backend.manifest(settings.model)
     except Exception as exc:  # any vendor-link failure: exit 1
         raise ValidateInferenceError(

@@ -271,6 +271,21 @@ def test_unreadable_pixels_listed_by_path_before_any_inference(
         assert needle.decode() not in str(info.value)
 
 
+def test_missing_tls_files_are_an_inference_failure_not_a_crash(
+    tmp_path: Path, dataset: tuple[Path, list[str], list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, rel, _ = dataset
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_text(f"path,label\n{rel[0]},1\n{rel[1]},0\n")
+    cfg = _config(tmp_path, {"v": ["demo-lesion"]})  # certificate files do not exist
+    code = main(["validate", "--config", str(cfg), "--labels", str(csv_path),
+                 "--model", "demo-lesion", "--out", str(tmp_path / "r"), str(root)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "vendor 'v': cannot fetch the manifest of 'demo-lesion'" in err
+    assert not (tmp_path / "r").exists()
+
+
 def test_select_vendor_when_peer_lists_no_models(tmp_path: Path) -> None:
     cfg = load_config(_config(tmp_path, {"v": []}))
     assert select_vendor(cfg, "demo-lesion", "v") == "v"
