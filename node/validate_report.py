@@ -195,8 +195,8 @@ def roc_png(result: ValidationResult) -> bytes:
     conf = result.confusion
     ax.plot([1 - conf.specificity], [conf.sensitivity], "o", color="C3",
             label=f"threshold {result.threshold:g}")  # fmt: skip
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.02)
+    ax.set_xlim(-0.01, 1.01)  # a margin so a curve along an axis stays visible
+    ax.set_ylim(-0.01, 1.02)
     ax.set_xlabel("1 - specificity (false positive rate)")
     ax.set_ylabel("sensitivity (true positive rate)")
     ax.set_title(f"ROC: {result.model} / {result.output} (n={len(result.cases)})")
