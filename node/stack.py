@@ -127,7 +127,7 @@ class Stack:
 
     # ------------------------------------------------------------------ set-up
 
-    def _certs(self) -> dict[str, Path]:
+    def make_certs(self) -> dict[str, Path]:
         tls = self.workdir / "vendor-tls"
         create_ca(tls / "ca")
         server = issue_server_cert(tls / "ca", tls / "server")
@@ -140,7 +140,7 @@ class Stack:
             "client_key": client.key,
         }
 
-    def _start_vendor(self, certs: dict[str, Path]) -> None:
+    def start_vendor(self, certs: dict[str, Path]) -> None:
         vendor_dir = self.workdir / "vendor"
         vendor_dir.mkdir(parents=True, exist_ok=True)
         config = {
@@ -239,8 +239,8 @@ class Stack:
 
     def __enter__(self) -> Stack:
         try:
-            certs = self._certs()
-            self._start_vendor(certs)
+            certs = self.make_certs()
+            self.start_vendor(certs)
             if self.use_orthanc:
                 self.pacs = Orthanc(
                     self.workdir / "pacs",

@@ -51,9 +51,9 @@ def vendor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path 
     """Just the vendor peer of node.stack.Stack (separate process, mutual TLS, demo model)."""
     workdir = tmp_path_factory.mktemp("vendor-stack")
     stack = Stack(workdir, pacs="embedded")
-    certs = stack._certs()
+    certs = stack.make_certs()
     try:
-        stack._start_vendor(certs)
+        stack.start_vendor(certs)
         yield {**certs, "port": stack.vendor_port, "workdir": workdir}
     finally:
         stack.__exit__(None, None, None)
