@@ -128,6 +128,7 @@ class Stack:
     # ------------------------------------------------------------------ set-up
 
     def make_certs(self) -> dict[str, Path]:
+        """A private CA, the vendor's server certificate and one hospital client certificate."""
         tls = self.workdir / "vendor-tls"
         create_ca(tls / "ca")
         server = issue_server_cert(tls / "ca", tls / "server")
@@ -141,6 +142,7 @@ class Stack:
         }
 
     def start_vendor(self, certs: dict[str, Path]) -> None:
+        """Start ``blindread vendor serve`` (demo model) and wait until it answers over mTLS."""
         vendor_dir = self.workdir / "vendor"
         vendor_dir.mkdir(parents=True, exist_ok=True)
         config = {
