@@ -8,8 +8,10 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from node.pipeline import InferenceOutcome
+from secure_infer import client as client_module
 from secure_infer.client import apply_activations
 from secure_infer.manifest import Manifest
 from secure_infer.session import HospitalSession, VendorModel
@@ -45,3 +47,19 @@ class LocalBackend:
             timings={},
             parameters={"he.scheme": "CKKS"},
         )
+
+
+def record_vendor_traffic(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Record everything the hospital's VendorClient sends (request line, query, headers and
+    body) so a test can scan it for planted identifiers."""
+    sent: list[bytes] = []
+    original_send = client_module.VendorClient._send
+
+    def recording_send(self, method, path, **kw):  # type: ignore[no-untyped-def]
+        sent.append(f"{method} {path} {kw.get('params')} {kw.get('headers')}".encode())
+        if kw.get("content") is not None:
+            sent.append(bytes(kw["content"]))
+        return original_send(self, method, path, **kw)
+
+    monkeypatch.setattr(client_module.VendorClient, "_send", recording_send)
+    return sent

@@ -27,9 +27,9 @@ from node.logsetup import quiet_loggers
 from node.phantom_study import PlantedIdentity, phantom_cr_study
 from node.sr import read_result_sr
 from node.stack import DEMO_MODEL_DIR, Stack
-from secure_infer import client as client_module
 from secure_infer.manifest import load_manifest
 from secure_infer.preprocess import preprocess_for_manifest
+from tests.local_backend import record_vendor_traffic
 from tests.peers import require_tool
 from tests.test_sr_build import assert_dsrdump_ok, assert_valid_dicom
 
@@ -51,16 +51,7 @@ def test_orthanc_push_to_sr_in_same_study(
     caplog.set_level(logging.DEBUG, logger="scp")
     caplog.set_level(logging.DEBUG, logger="secure_infer")
 
-    sent_to_vendor: list[bytes] = []
-    original_send = client_module.VendorClient._send
-
-    def recording_send(self, method, path, **kw):  # type: ignore[no-untyped-def]
-        sent_to_vendor.append(f"{method} {path} {kw.get('params')} {kw.get('headers')}".encode())
-        if kw.get("content") is not None:
-            sent_to_vendor.append(bytes(kw["content"]))
-        return original_send(self, method, path, **kw)
-
-    monkeypatch.setattr(client_module.VendorClient, "_send", recording_send)
+    sent_to_vendor = record_vendor_traffic(monkeypatch)
 
     who = PlantedIdentity()
     study = phantom_cr_study([False, True, False], seed=7, identity=who)

@@ -37,8 +37,8 @@ from node.validate_stats import (
     calibration_bins,
     confusion_at,
 )
-from secure_infer import client as client_module
 from secure_infer.manifest import load_manifest
+from tests.local_backend import record_vendor_traffic
 
 pytestmark = pytest.mark.slow
 
@@ -103,16 +103,7 @@ def test_validate_report_matches_onnxruntime(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    sent_to_vendor: list[bytes] = []
-    original_send = client_module.VendorClient._send
-
-    def recording_send(self, method, path, **kw):  # type: ignore[no-untyped-def]
-        sent_to_vendor.append(f"{method} {path} {kw.get('params')} {kw.get('headers')}".encode())
-        if kw.get("content") is not None:
-            sent_to_vendor.append(bytes(kw["content"]))
-        return original_send(self, method, path, **kw)
-
-    monkeypatch.setattr(client_module.VendorClient, "_send", recording_send)
+    sent_to_vendor = record_vendor_traffic(monkeypatch)
 
     who = PlantedIdentity()
     study = phantom_cr_study(LESIONS, seed=31, identity=who)
