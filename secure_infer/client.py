@@ -23,6 +23,7 @@ request is refused (409 ``job_token_reused``).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import ssl
 import time
@@ -196,6 +197,7 @@ class VendorClient:
             headers={"User-Agent": "blindread-client/1"},
         )
         self._models: dict[str, tuple[Manifest, Any]] = {}
+        self._prefixes: dict[str, Any] = {}
         self._sessions: dict[str, Any] = {}
         self._uploaded: set[tuple[str, str]] = set()
         self._limits: dict[str, Any] | None = None
@@ -310,7 +312,30 @@ class VendorClient:
             if manifest.onnx is not None:
                 raise InferenceError("vendor manifest names a private model file; refusing it")
             self._models[name] = (manifest, PlanSpec.from_json(doc["spec"]))
+            if manifest.prefix_onnx:
+                self._prefixes[name] = self._load_prefix(name, doc.get("prefix_sha256"))
         return self._models[name]
+
+    def _load_prefix(self, name: str, sha256: str | None) -> Any:
+        """Download the public prefix network, check its hash, open it with onnxruntime."""
+        import onnxruntime as ort
+
+        resp, _, _ = self._send("GET", f"/models/{name}/prefix")
+        self._raise_for(resp)
+        data = resp.content
+        if not sha256 or hashlib.sha256(data).hexdigest() != sha256:
+            raise InferenceError("the vendor's public prefix network does not match its hash")
+        return ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+
+    def run_prefix(self, name: str, x: np.ndarray) -> np.ndarray:
+        """Split mode: the public prefix network in clear at the hospital (identity if none)."""
+        self.model_info(name)
+        sess = self._prefixes.get(name)
+        if sess is None:
+            return np.asarray(x, dtype=np.float64)
+        feed = {sess.get_inputs()[0].name: np.asarray(x, dtype=np.float32)}
+        out = sess.run(None, feed)[0]
+        return np.asarray(out, dtype=np.float64).reshape(len(out), -1)
 
     def session(self, name: str) -> Any:
         """The HospitalSession of ``name``; its secret key lives in ``key_dir/<name>`` (0600)."""
@@ -387,7 +412,7 @@ class VendorClient:
         manifest, spec = self.model_info(name)
         sess = self.session(name)
         sha, ctx_bytes = self.ensure_context(name)
-        arr = np.asarray(x, dtype=np.float64)
+        arr = self.run_prefix(name, np.asarray(x, dtype=np.float64))
         n_images = int(arr.shape[0])
         t_enc = time.perf_counter()
         frames = sess.encrypt(arr)

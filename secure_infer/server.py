@@ -145,11 +145,16 @@ class VendorServer:
 
         self.settings = settings
         self.models: dict[str, Any] = {}
+        self.prefixes: dict[str, bytes] = {}
         for path in settings.manifests:
             vm = VendorModel.load(path)
             if vm.manifest.name in self.models:
                 raise ValueError(f"model '{vm.manifest.name}' is listed twice ({path})")
             self.models[vm.manifest.name] = vm
+            if vm.manifest.prefix_onnx:  # public: the hospital runs it in clear
+                self.prefixes[vm.manifest.name] = (
+                    Path(path).parent / vm.manifest.prefix_onnx
+                ).read_bytes()
         settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.store = ContextStore(settings.state_dir / "contexts")
         self.chain = HashChain(settings.state_dir / "chain.jsonl")
@@ -282,9 +287,27 @@ async def manifest(request: Request) -> Response:
     srv = _srv(request)
     _hospital(request)
     vm = srv.model(request.path_params["name"])
+    prefix = srv.prefixes.get(vm.manifest.name)
     return JSONResponse(
-        {"manifest": vm.manifest.public().model_dump(mode="json"), "spec": vm.spec.to_json()}
+        {
+            "manifest": vm.manifest.public().model_dump(mode="json"),
+            "spec": vm.spec.to_json(),
+            "prefix_sha256": hashlib.sha256(prefix).hexdigest() if prefix else None,
+        }
     )
+
+
+async def prefix(request: Request) -> Response:
+    """The public prefix network (ONNX) of a split model; the hospital runs it in clear."""
+    srv = _srv(request)
+    _hospital(request)
+    vm = srv.model(request.path_params["name"])
+    data = srv.prefixes.get(vm.manifest.name)
+    if data is None:
+        raise ModelNotFoundError(
+            f"model '{vm.manifest.name}' has no public prefix network", code="no_prefix"
+        )
+    return Response(data, media_type="application/octet-stream")
 
 
 async def put_context(request: Request) -> Response:
@@ -471,6 +494,7 @@ def build_app(server: VendorServer) -> Starlette:
             Route(f"{p}/health", health, methods=["GET"]),
             Route(f"{p}/models", list_models, methods=["GET"]),
             Route(p + "/models/{name}/manifest", manifest, methods=["GET"]),
+            Route(p + "/models/{name}/prefix", prefix, methods=["GET"]),
             Route(p + "/models/{name}/infer", infer, methods=["POST"]),
             Route(f"{p}/contexts", put_context, methods=["PUT"]),
             Route(p + "/contexts/{sha}", get_context, methods=["GET", "HEAD"]),
