@@ -33,7 +33,7 @@ from tests.local_backend import LocalBackend
 KEY = b"k" * 32
 
 
-def _cfg(tmp: Path, pacs_port: int, **sender: Any) -> NodeConfig:
+def _cfg(tmp: Path, pacs_port: int, cxr_match: Any = None, **sender: Any) -> NodeConfig:
     return parse_model(
         {
             "node": {"state_dir": str(tmp / "state")},
@@ -59,7 +59,7 @@ def _cfg(tmp: Path, pacs_port: int, **sender: Any) -> NodeConfig:
             "routes": [
                 {
                     "name": "cxr",
-                    "match": {"attribute": "Modality", "equals": "CR"},
+                    "match": cxr_match or {"attribute": "Modality", "equals": "CR"},
                     "action": {
                         "infer": {"vendor": "v", "model": "demo-lesion", "destinations": ["pacs"]}
                     },
@@ -180,3 +180,27 @@ def test_no_rule_or_discard_sends_nothing(tmp_path: Path, backend_factory: Any) 
     pipeline(job)
     assert backend.calls == 0 and sends == []
     assert (job.dir / "steps" / "r1-discarded.json").exists()
+
+
+@pytest.mark.parametrize(("sender_ae", "fires"), [("CT1", True), ("OTHER", False)])
+def test_rules_see_the_calling_ae_our_scp_recorded(
+    tmp_path: Path, backend_factory: Any, sender_ae: str, fires: bool
+) -> None:
+    """The SCP writes the calling AE title into each spooled file's meta information
+    (Source Application Entity Title); calling_ae conditions match on it."""
+    backend = backend_factory()
+    match = {"all": [{"attribute": "Modality", "equals": "CR"}, {"calling_ae": "CT1"}]}
+    cfg = _cfg(tmp_path, 1, cxr_match=match)
+    _study, _store, _intake, job, pipeline, _sends = _setup(tmp_path, cfg, backend, [False])
+    for path in job.paths:
+        ds = pydicom.dcmread(path)
+        ds.file_meta.SourceApplicationEntityTitle = sender_ae
+        ds.save_as(path, enforce_file_format=True)
+    if fires:
+        with pytest.raises(Exception):  # noqa: B017 - destination port 1: nobody listens
+            pipeline(job)
+        assert backend.calls == 1
+    else:
+        pipeline(job)
+        assert backend.calls == 0
+        assert (job.dir / "steps" / "r1-discarded.json").exists()
