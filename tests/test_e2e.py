@@ -63,7 +63,7 @@ def test_orthanc_push_to_sr_in_same_study(
         *[str(ds.SOPInstanceUID).encode() for ds in study],
     ]
 
-    with Stack(tmp_path, quiet_seconds=3.0, pacs="orthanc", metrics=True) as stack:
+    with Stack(tmp_path, quiet_seconds=4.0, pacs="orthanc", metrics=True) as stack:
         pacs = stack.pacs
         assert pacs is not None and hasattr(pacs, "upload")
         for ds in study:
