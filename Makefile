@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m node.demo_run
+	$(PY) -m node.demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -68,7 +68,7 @@ def main() -> int:
                 },
                 NodeConfig,
             )
-            svc = NodeService(cfg)
+            svc = NodeService(cfg, action=lambda job: None)  # ingest only: no job runs
             svc.start()
             try:
                 secs = send(storescu, "BLINDREAD", svc.port, indir)

@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from node.audit import AuditLedger, open_ledger
 from node.config import NodeConfig
 from node.deid import DeidKeys
+from node.keys import load_or_create_secret
 from node.metrics import MetricsServer, NodeMetrics, serve_metrics
 from node.netsettings import sender_settings
 from node.pipeline import Pipeline
-from node.service import NodeService
+from node.pseudonym import Pseudonymizer
+from node.service import NodeService, node_paths
 from node.vault import IdentifierVault
 from node.vendors import VendorBackends
 from scp import StorageSender
@@ -32,7 +34,7 @@ class Node:
 
     cfg: NodeConfig
     service: NodeService
-    pipeline: Pipeline | None
+    pipeline: Pipeline
     vault: IdentifierVault
     vendors: VendorBackends
     audit: AuditLedger | None
@@ -86,30 +88,25 @@ class Node:
 
 
 def build_node(cfg: NodeConfig) -> Node:
-    """The node for ``cfg``: with routing rules, jobs run the pipeline; without any, they run
-    the service's default action (send a result object, as before the pipeline existed)."""
+    """The node for ``cfg``: every completed study's job runs the pipeline (with no routing
+    rule, nothing matches and the study is left alone)."""
     keys = cfg.node.keys
     metrics = NodeMetrics()
     audit = open_ledger(cfg)
     vault = IdentifierVault.open(cfg.node.state_dir, keys)
     vendors = VendorBackends(cfg)
-    pipeline: Pipeline | None = None
-    service: NodeService
-    if cfg.routes:
-        # the service owns the pseudonym key; build it first, then hand the pipeline to it
-        service = NodeService(cfg, action=lambda job: None, metrics=metrics)
-        pipeline = Pipeline(
-            cfg,
-            pseudonyms=service.pseudonyms,
-            deid_keys=DeidKeys.load_or_create(keys),
-            vault=vault,
-            sender=StorageSender(sender_settings(cfg)),
-            backends=vendors,
-            uid_key=service.key,
-            audit=audit,
-            metrics=metrics,
-        )
-        service.runner.action = pipeline
-    else:
-        service = NodeService(cfg, metrics=metrics)
+    # the pseudonym key is the service's too (load_or_create is idempotent)
+    uid_key = load_or_create_secret(node_paths(cfg).pseudonym_key)
+    pipeline = Pipeline(
+        cfg,
+        pseudonyms=Pseudonymizer(uid_key),
+        deid_keys=DeidKeys.load_or_create(keys),
+        vault=vault,
+        sender=StorageSender(sender_settings(cfg)),
+        backends=vendors,
+        uid_key=uid_key,
+        audit=audit,
+        metrics=metrics,
+    )
+    service = NodeService(cfg, pipeline, metrics=metrics)
     return Node(cfg, service, pipeline, vault, vendors, audit, metrics)

@@ -1,124 +1,89 @@
-"""``make demo``: the node's whole path on embedded defaults, no config file, temp dirs only.
+"""``make demo``: the whole BlindRead path on embedded defaults, in about half a minute.
 
-Node up -> a synthetic CT study sent in over DICOM -> spooled durably -> study completed after
-a short quiet period -> job runs -> a result object is C-STOREd to a demo receiver (an embedded
-pynetdicom Storage SCP) -> summary -> everything shut down. Until the inference pipeline lands,
-the job's action is the interim "send a result object" (see ``node.result_action``).
+Generates keys and certificates, starts the vendor peer (another process, mutual TLS), a PACS
+(Orthanc when installed, else an embedded receiver) and the node; a modality (dcmtk storescu when
+installed, else pynetdicom) sends two synthetic, non-clinical chest studies; the node de-identifies
+them, runs encrypted inference with the vendor, writes a TID 1500 SR into each original study and
+stores it in the PACS; the demo reads the findings back from the PACS, verifies the audit chain
+and shuts everything down. Nothing is left behind unless ``--keep DIR`` is given.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
+import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
-from pydicom.dataset import Dataset
-from pynetdicom import AE, evt
-from pynetdicom.sop_class import BasicTextSRStorage  # type: ignore[attr-defined]
-
-from node.config import NodeConfig, parse_model
+from node.audit import load_public_key, public_key_path, verify_ledger
 from node.logsetup import configure_logging
-from node.service import NodeService
-from node.synthetic import synthetic_ct_study, write_study
-from scp import DestinationSettings, StorageSender
+from node.phantom_study import phantom_cr_study
+from node.sr import read_result_sr
+from node.stack import Stack
 
 __all__ = ["main"]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _say(msg: str) -> None:
+    print(msg, flush=True)
 
 
-class DemoReceiver:
-    """An embedded PACS stand-in that keeps what it receives in memory."""
-
-    def __init__(self) -> None:
-        self.received: list[Dataset] = []
-        self.ae = AE(ae_title="DEMOPACS")
-        self.ae.add_supported_context(BasicTextSRStorage)
-        self.port = _free_port()
-
-    def _on_store(self, event: Any) -> int:
-        self.received.append(event.dataset)
-        return 0x0000
-
-    def __enter__(self) -> DemoReceiver:
-        self.server = self.ae.start_server(
-            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)]
-        )
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-
-
-def demo_config(state: Path, receiver_port: int) -> NodeConfig:
-    return parse_model(
-        {
-            "node": {"name": "blindread-demo", "state_dir": str(state), "log_level": "INFO"},
-            "scp": {"port": _free_port(), "min_free_bytes": 0},
-            "completion": {"quiet_seconds": 1.0, "poll_seconds": 0.2},
-            "destinations": {
-                "results": {"ae_title": "DEMOPACS", "host": "127.0.0.1", "port": receiver_port}
-            },
-            "sender": {"max_attempts": 3, "initial_backoff_seconds": 0.5},
-        },
-        NodeConfig,
-        "<demo defaults>",
-    )
+def run(workdir: Path, pacs: str) -> int:
+    t0 = time.monotonic()
+    _say("BlindRead demo (synthetic, NON-CLINICAL data)")
+    with Stack(workdir, quiet_seconds=2.0, pacs=pacs) as stack:
+        kind = "Orthanc" if stack.use_orthanc else "embedded pynetdicom receiver"
+        _say(f"[{time.monotonic() - t0:5.1f}s] vendor peer (mTLS), PACS ({kind}) and node are up")
+        studies = {
+            "study A (lesion in image 2)": phantom_cr_study([False, True], seed=11),
+            "study B (no lesion)": phantom_cr_study([False, False], seed=12),
+        }
+        sent = {}
+        for name, datasets in studies.items():
+            sent[name] = stack.send_study(datasets)
+            _say(f"[{time.monotonic() - t0:5.1f}s] modality sent {name}: {len(datasets)} images")
+        _say(f"[{time.monotonic() - t0:5.1f}s] waiting for study completion, encrypted "
+             "inference and the SR in the PACS ...")  # fmt: skip
+        for name, uid in sent.items():
+            sr = stack.wait_for_sr(uid, timeout=180)
+            report = read_result_sr(sr)
+            _say(f"[{time.monotonic() - t0:5.1f}s] SR for {name} is in the PACS, same study:")
+            for f in report.findings:
+                verdict = "PRESENT" if f.present else "absent"
+                _say(f"      {f.finding[2]} ({f.finding[0]} {f.finding[1]}): {verdict},"
+                     f" p={f.probability:.4f} (threshold {f.threshold}),"
+                     f" {len(f.source_sop_instance_uids)} image(s) referenced")  # fmt: skip
+            for c in report.findings[0].comments if report.findings else ():
+                _say(f"      note: {c}")
+        assert stack.cfg is not None
+        ledger = stack.cfg.audit_ledger
+        result = verify_ledger(ledger, load_public_key(public_key_path(ledger)))
+        entries = len(ledger.read_text().splitlines())
+        _say(f"[{time.monotonic() - t0:5.1f}s] audit ledger: {entries} signed entries, "
+             f"{'chain verifies' if result.ok else 'BROKEN: ' + result.describe()}")  # fmt: skip
+    _say(f"[{time.monotonic() - t0:5.1f}s] everything shut down")
+    return 0 if result.ok else 1
 
 
-def main() -> int:
-    configure_logging("INFO")
-    log = logging.getLogger("node.demo")
-    with tempfile.TemporaryDirectory(prefix="blindread-demo-") as tmp, DemoReceiver() as pacs:
-        root = Path(tmp)
-        cfg = demo_config(root / "state", pacs.port)
-        svc = NodeService(cfg)
-        svc.start()
-        try:
-            study = synthetic_ct_study(8, size=128)
-            files = write_study(study, root / "modality")
-            modality = DestinationSettings("BLINDREAD", "127.0.0.1", svc.port, "DEMO_CT")
-            t0 = time.monotonic()
-            sent = StorageSender().send(modality, files).sent
-            log.info("modality sent %d instance(s) to the node", sent)
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and not svc.store.list("done"):
-                time.sleep(0.1)
-            jobs = svc.store.list()
-            elapsed = time.monotonic() - t0
-        finally:
-            svc.stop()
-        ok = len(jobs) == 1 and jobs[0].state == "done" and len(pacs.received) == 1
-        print()
-        print("BlindRead demo summary")
-        print(f"  instances sent by the modality : {sent}")
-        print(
-            "  jobs                           : "
-            + ", ".join(f"#{j.id} {j.state} study={j.study} files={len(j.files)}" for j in jobs)
-        )
-        if pacs.received:
-            r = pacs.received[0]
-            print(
-                f"  result at demo PACS            : {r.Modality} "
-                f"'{r.ContentSequence[0].TextValue}'"
-            )
-            print(
-                f"  result in the original study   : "
-                f"{r.StudyInstanceUID == study[0].StudyInstanceUID}"
-            )
-        print(f"  seconds from first send to done: {elapsed:.1f}")
-        print(f"  outcome                        : {'OK' if ok else 'FAILED'}")
-        return 0 if ok else 1
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keep", type=Path, help="keep state, keys and logs in this folder")
+    parser.add_argument("--pacs", choices=("auto", "orthanc", "embedded"), default="auto")
+    parser.add_argument("--verbose", action="store_true", help="show the node's log lines")
+    args = parser.parse_args(argv)
+    configure_logging("INFO" if args.verbose else "WARNING")
+    logging.getLogger("node.demo").setLevel(logging.INFO)
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        return run(args.keep, args.pacs)
+    workdir = Path(tempfile.mkdtemp(prefix="blindread-demo-"))
+    try:
+        return run(workdir, args.pacs)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

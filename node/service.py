@@ -22,16 +22,14 @@ from node.keys import load_or_create_secret
 from node.metrics import NodeMetrics
 from node.netsettings import (
     completion_settings,
-    destination_settings,
     scp_settings,
     sender_settings,
 )
 from node.pseudonym import Pseudonymizer
-from node.result_action import SendResultAction
 from node.runner import JobAction, JobRunner
-from scp import CompletionMonitor, DestinationSettings, Spool, StorageSender, StorageServer
+from scp import CompletionMonitor, Spool, StorageServer
 
-__all__ = ["NodePaths", "NodeService", "default_action", "node_paths"]
+__all__ = ["NodePaths", "NodeService", "node_paths", "open_jobs"]
 
 # A-ASSOCIATE-RJ reason codes our policy sends -> the metric's fixed reason labels
 _REJECT_REASONS = {0x01: "network", 0x03: "calling_ae", 0x07: "called_ae"}
@@ -70,23 +68,14 @@ def open_jobs(cfg: NodeConfig) -> tuple[JobStore, Intake]:
     return store, Intake(spool, store, paths.jobs_dir, paths.quarantine)
 
 
-def default_action(cfg: NodeConfig, key: bytes) -> JobAction:
-    """Until the inference pipeline lands: send a result object to the ``results``
-    destination (or the only/first destination configured)."""
-    dest: DestinationSettings | None = None
-    if cfg.destinations:
-        name = "results" if "results" in cfg.destinations else next(iter(cfg.destinations))
-        dest = destination_settings(cfg, name)
-    return SendResultAction(StorageSender(sender_settings(cfg)), dest, key, cfg.sr.series_number)
-
-
 class NodeService:
-    """Composes the node's long-running parts; ``action`` defaults to :func:`default_action`."""
+    """Composes the node's long-running parts; ``action`` is what a completed study's job does
+    (the pipeline of :mod:`node.pipeline` in production, see :func:`node.app.build_node`)."""
 
     def __init__(
         self,
         cfg: NodeConfig,
-        action: JobAction | None = None,
+        action: JobAction,
         metrics: NodeMetrics | None = None,
     ) -> None:
         self.cfg = cfg
@@ -105,7 +94,7 @@ class NodeService:
         self.runner = JobRunner(
             self.store,
             self.intake,
-            action if action is not None else default_action(cfg, self.key),
+            action,
             sender_settings(cfg),
         )
         self.monitor = CompletionMonitor(completion_settings(cfg), self._complete)

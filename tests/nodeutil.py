@@ -8,9 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from node.config import NodeConfig, parse_model
+from node.keys import load_or_create_secret
+from node.netsettings import destination_settings, sender_settings
 from node.runner import JobAction
-from node.service import NodeService
+from node.service import NodeService, node_paths
+from scp import DestinationSettings, StorageSender
 from tests.peers import free_port
+from tests.result_action import SendResultAction
 
 
 def node_config(tmp_path: Path, **sections: dict[str, Any]) -> NodeConfig:
@@ -28,9 +32,20 @@ def node_config(tmp_path: Path, **sections: dict[str, Any]) -> NodeConfig:
     return parse_model(data, NodeConfig)
 
 
+def send_result_action(cfg: NodeConfig) -> JobAction:
+    """A simple job action for SCP/SCU tests: send a small result object (Basic Text SR) to
+    the ``results`` destination (or the first one configured)."""
+    dest: DestinationSettings | None = None
+    if cfg.destinations:
+        name = "results" if "results" in cfg.destinations else next(iter(cfg.destinations))
+        dest = destination_settings(cfg, name)
+    key = load_or_create_secret(node_paths(cfg).pseudonym_key)
+    return SendResultAction(StorageSender(sender_settings(cfg)), dest, key, cfg.sr.series_number)
+
+
 @contextmanager
 def running_node(cfg: NodeConfig, action: JobAction | None = None) -> Iterator[NodeService]:
-    svc = NodeService(cfg, action)
+    svc = NodeService(cfg, action if action is not None else send_result_action(cfg))
     svc.start()
     try:
         yield svc

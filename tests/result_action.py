@@ -1,9 +1,9 @@
-"""Interim job action: send a small result object (Basic Text SR) for the study.
+"""Test job action: send a small result object (Basic Text SR) for the study.
 
-Placeholder for the real pipeline (rules -> de-identification -> inference -> TID 1500 SR),
-which plugs into :class:`node.runner.JobRunner` the same way. It is idempotent: the result's
-UIDs are derived from the study UID and the job token with the node's secret key, so a re-run
-after a crash replaces the same instance at the destination instead of adding a second one.
+Lets the SCP/SCU/job-runner tests exercise delivery, retry and quarantine without the
+inference pipeline, which plugs into :class:`node.runner.JobRunner` the same way. It is
+idempotent: the result's UIDs are derived from the study UID and the job token with the node's
+secret key, so a re-run after a crash replaces the same instance instead of adding another.
 """
 
 from __future__ import annotations
