@@ -109,4 +109,5 @@ def build_node(cfg: NodeConfig) -> Node:
         metrics=metrics,
     )
     service = NodeService(cfg, pipeline, metrics=metrics)
+    pipeline.jobs = service.store  # earlier jobs of a study (late images), see Pipeline
     return Node(cfg, service, pipeline, vault, vendors, audit, metrics)

@@ -141,6 +141,16 @@ class JobStore:
                 ).fetchall()
         return [_job(r) for r in rows]
 
+    def earlier_done(self, job: Job) -> builtins.list[Job]:
+        """Finished jobs of the same study created before ``job`` (instances that arrived
+        before its completion timer last fired), oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM jobs WHERE study = ? AND id < ? AND state = 'done' ORDER BY id",
+                (job.study, job.id),
+            ).fetchall()
+        return [_job(r) for r in rows]
+
     # -- claiming a spool batch ------------------------------------------------------
     def begin_claim(self, study: str, token: str, dest: Path) -> int:
         now = self.clock()

@@ -107,6 +107,9 @@ class Orthanc:
             "Plugins": [],
             "DicomModalities": {k: list(v) for k, v in self.modalities.items()},
             "StableAge": 2,
+            # a re-sent SOP Instance UID replaces the stored one (our SRs keep their UID when
+            # a late image makes the node re-issue a study's result)
+            "OverwriteInstances": True,
             "HttpsVerifyPeers": False,
         }
         cfg = self.workdir / "orthanc.json"

@@ -36,7 +36,7 @@ from node.audit import AuditKind, AuditLedger
 from node.config import NodeConfig
 from node.config.routes import ForwardAction, InferAction
 from node.deid import BurnedInPolicy, BurnedInRule, Deidentifier, DeidKeys
-from node.jobs import Job, JobError
+from node.jobs import Job, JobError, JobStore
 from node.metrics import NodeMetrics
 from node.netsettings import destination_settings
 from node.pseudonym import Pseudonymizer
@@ -155,6 +155,7 @@ class Pipeline:
         uid_key: bytes,
         audit: AuditLedger | None = None,
         metrics: NodeMetrics | None = None,
+        jobs: JobStore | None = None,
     ) -> None:
         self.cfg = cfg
         self.pseudonyms = pseudonyms
@@ -165,6 +166,7 @@ class Pipeline:
         self.uid_key = uid_key
         self.audit = audit
         self.metrics = metrics
+        self.jobs = jobs
 
     # ------------------------------------------------------------------ helpers
 
@@ -179,10 +181,24 @@ class Pipeline:
 
         return nullcontext()
 
-    @staticmethod
-    def _headers(job: Job) -> list[tuple[Path, Dataset]]:
+    def _instance_files(self, job: Job) -> list[Path]:
+        """This job's instances, plus those of earlier finished jobs of the same study.
+
+        Images that arrive after a study's completion timer fired make a second job; with the
+        earlier images included, its result covers the whole study and (same keyed SR UID)
+        replaces the first result instead of describing only the late images.
+        """
+        files: dict[str, Path] = {}
+        earlier = self.jobs.earlier_done(job) if self.jobs is not None else []
+        for other in [*earlier, job]:
+            for path in other.paths:
+                if path.exists():
+                    files[path.name] = path  # same name = same SOP instance; newest wins
+        return list(files.values())
+
+    def _headers(self, job: Job) -> list[tuple[Path, Dataset]]:
         out: list[tuple[Path, Dataset]] = []
-        for path in job.paths:
+        for path in self._instance_files(job):
             try:
                 out.append((path, pydicom.dcmread(path, stop_before_pixels=True)))
             except Exception as exc:  # a spooled file is always valid DICOM; say so if not
@@ -326,8 +342,9 @@ class Pipeline:
         sr_state = steps.get(f"{tag}-sr")
         if sr_state is None:
             with self._timed("sr_build"):
+                by_name = {p.name: p for p, _ in selected}
                 originals = [
-                    pydicom.dcmread(job.dir / name, stop_before_pixels=True)
+                    pydicom.dcmread(by_name[name], stop_before_pixels=True)
                     for name in deid_state["sources"]
                 ]
                 self._check_relink(deid_state["study_pseudonym"], originals[0])

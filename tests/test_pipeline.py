@@ -204,3 +204,33 @@ def test_rules_see_the_calling_ae_our_scp_recorded(
         pipeline(job)
         assert backend.calls == 0
         assert (job.dir / "steps" / "r1-discarded.json").exists()
+
+
+def test_late_images_make_a_second_job_whose_sr_covers_the_whole_study(
+    tmp_path: Path, backend_factory: Any
+) -> None:
+    backend = backend_factory()
+    with EmbeddedPacs(tmp_path / "pacs") as pacs:
+        cfg = _cfg(tmp_path, pacs.dicom_port)
+        study, store, intake, job1, pipeline, _ = _setup(tmp_path, cfg, backend, [False, False])
+        pipeline.jobs = store
+        runner = JobRunner(store, intake, pipeline, sender_settings(cfg))
+        done1 = runner.run_once()
+        assert done1 is not None and done1.id == job1.id and done1.state == "done"
+        first = pacs.find_sr(str(study[0].StudyInstanceUID))
+        assert first is not None
+        # a late image of the same study arrives after the completion timer fired
+        late = phantom_cr_study([True], seed=9, size=128, study_uid=str(study[0].StudyInstanceUID))
+        path = tmp_path / "late.dcm"
+        late[0].save_as(path, enforce_file_format=True)
+        intake.spool.store(str(late[0].StudyInstanceUID), str(late[0].SOPInstanceUID),
+                           path.read_bytes())  # fmt: skip
+        job2 = intake.claim(intake.spool.study_key(str(study[0].StudyInstanceUID)))
+        assert job2 is not None and job2.study == job1.study and len(job2.files) == 1
+        done2 = runner.run_once()
+        assert done2 is not None and done2.id == job2.id and done2.state == "done"
+        second = pacs.find_sr(str(study[0].StudyInstanceUID))
+    assert second is not None and second.SOPInstanceUID == first.SOPInstanceUID
+    report = read_result_sr(second)
+    refs = set(report.findings[0].source_sop_instance_uids)
+    assert refs == {str(ds.SOPInstanceUID) for ds in [*study, *late]}
