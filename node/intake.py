@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -97,6 +98,25 @@ class Intake:
         if new is None and work.is_dir() and job.dir != work:
             self._move(work, job.dir)  # someone else changed the job meanwhile
         return new
+
+    def purge_done(self, older_than_seconds: float) -> int:
+        """Delete the files of jobs finished more than ``older_than_seconds`` ago.
+
+        Only ``done`` jobs: failed ones stay in quarantine until an admin retries them. The job
+        row stays (history, pseudonym, state); its file list is emptied first, so a crash
+        between the two steps leaves an orphan folder, never a row pointing at missing files.
+        Returns how many jobs were purged.
+        """
+        n = 0
+        for job in self.store.done_before(self.store.clock() - older_than_seconds):
+            self.store.forget_files(job.id)
+            if job.dir.is_dir() and job.dir.parent == self.jobs_dir:
+                shutil.rmtree(job.dir)
+                fsync_dir(self.jobs_dir)
+            n += 1
+        if n:
+            log.info("retention: deleted the files of %d finished job(s)", n)
+        return n
 
     @staticmethod
     def _move(src: Path, dest: Path) -> None:

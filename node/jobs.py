@@ -141,6 +141,23 @@ class JobStore:
                 ).fetchall()
         return [_job(r) for r in rows]
 
+    def done_before(self, cutoff: float) -> builtins.list[Job]:
+        """Finished jobs last updated before ``cutoff`` (epoch seconds) that still list files."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM jobs WHERE state = 'done' AND updated_at < ? AND files != '[]'"
+                " ORDER BY id",
+                (cutoff,),
+            ).fetchall()
+        return [_job(r) for r in rows]
+
+    def forget_files(self, job_id: int) -> None:
+        """Record that a finished job's files were deleted (retention)."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE jobs SET files = '[]' WHERE id = ? AND state = 'done'", (job_id,)
+            )
+
     def earlier_done(self, job: Job) -> builtins.list[Job]:
         """Finished jobs of the same study created before ``job`` (instances that arrived
         before its completion timer last fired), oldest first."""

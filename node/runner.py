@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from node.intake import Intake
@@ -33,12 +34,17 @@ class JobRunner:
         action: JobAction,
         retry: SenderSettings,
         poll_seconds: float = 0.2,
+        housekeeping: Callable[[], object] | None = None,
+        housekeeping_seconds: float = 3600.0,
     ) -> None:
         self.store = store
         self.intake = intake
         self.action = action
         self.retry = retry
         self.poll_seconds = poll_seconds
+        self.housekeeping = housekeeping
+        self.housekeeping_seconds = housekeeping_seconds
+        self._next_housekeeping = 0.0
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -98,8 +104,19 @@ class JobRunner:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def _housekeep(self) -> None:
+        """Periodic chores between jobs (retention), never in the middle of one."""
+        if self.housekeeping is None or time.monotonic() < self._next_housekeeping:
+            return
+        self._next_housekeeping = time.monotonic() + self.housekeeping_seconds
+        try:
+            self.housekeeping()
+        except Exception as exc:
+            log.warning("housekeeping failed: %s", type(exc).__name__)
+
     def _run(self) -> None:
         while not self._stop.is_set():
+            self._housekeep()
             try:
                 job = self.run_once()
             except Exception:

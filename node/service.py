@@ -96,6 +96,9 @@ class NodeService:
             self.intake,
             action,
             sender_settings(cfg),
+            housekeeping=lambda: self.intake.purge_done(
+                cfg.node.keep_finished_jobs_days * 86400.0
+            ),
         )
         self.monitor = CompletionMonitor(completion_settings(cfg), self._complete)
         self.metrics = metrics

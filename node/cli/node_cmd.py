@@ -38,6 +38,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rt.add_argument("--config", required=True, help="node config YAML")
     rt.add_argument("id", type=int, help="job id")
     rt.set_defaults(handler=_jobs_retry)
+    pg = jsub.add_parser(
+        "purge", help="delete the files of jobs finished more than DAYS ago (records stay)"
+    )
+    pg.add_argument("--config", required=True, help="node config YAML")
+    pg.add_argument("--older-than", type=float, required=True, metavar="DAYS")
+    pg.set_defaults(handler=_jobs_purge)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -89,6 +95,21 @@ def _jobs_list(args: argparse.Namespace) -> int:
             f"{nxt:<20}  {j.last_error or ''}"
         )
     store.close()
+    return 0
+
+
+def _jobs_purge(args: argparse.Namespace) -> int:
+    from node.service import open_jobs
+
+    if args.older_than <= 0:
+        print("--older-than must be > 0 days", file=sys.stderr)
+        return 2
+    store, intake = open_jobs(load_config(args.config))
+    try:
+        n = intake.purge_done(args.older_than * 86400.0)
+    finally:
+        store.close()
+    print(f"deleted the files of {n} finished job(s)")
     return 0
 
 

@@ -25,6 +25,12 @@ class NodeSection(FrozenModel):
     state_dir: Path = Path("/var/lib/blindread")
     key_dir: Path | None = Field(default=None, description="default: <state_dir>/keys")
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    keep_finished_jobs_days: float = Field(
+        default=7.0,
+        gt=0,
+        description="files of finished jobs are deleted this long after they finish (the job "
+        "record stays); late images of a study within this window re-use them",
+    )
 
     @property
     def keys(self) -> Path:
