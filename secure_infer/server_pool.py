@@ -16,9 +16,13 @@ request.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import math
 import multiprocessing
+import os
+import signal
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -54,9 +58,26 @@ _cache: OrderedDict[tuple[str, str, str], Any] = OrderedDict()
 _cache_size = 8
 
 
+def _die_with_parent() -> None:
+    """Linux: have the kernel SIGTERM this worker when the server process dies, however it
+    dies (uvicorn re-raises SIGTERM after its graceful shutdown, which skips the interpreter's
+    exit hooks that would otherwise stop the pool; SIGKILL skips everything)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - no prctl: rely on shutdown()
+        return
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(0)
+
+
 def _init_worker(manifests: Sequence[str], store_root: str, cache_size: int) -> None:
     global _store, _cache_size
     from secure_infer.session import VendorModel
+
+    _die_with_parent()
 
     for m in manifests:
         vm = VendorModel.load(Path(m))
@@ -169,7 +190,14 @@ class EvalPool:
                 raise RuntimeError(f"worker failed to start: {value}")
 
     def shutdown(self) -> None:
+        """Stop taking work and stop the workers now (an evaluation in progress is abandoned:
+        its client gets no answer and retries, which the job-token replay makes harmless)."""
+        processes = list(getattr(self._executor, "_processes", {}).values())
         self._executor.shutdown(wait=False, cancel_futures=True)
+        for proc in processes:
+            proc.terminate()
+        for proc in processes:
+            proc.join(timeout=5)
 
     def retry_after(self) -> int:
         """Seconds a client should wait: the queue ahead of it at the recent evaluation time."""

@@ -28,6 +28,7 @@ import pytest
 import yaml
 from onnx import TensorProto, helper, numpy_helper
 
+from node.localpacs import stop_process
 from secure_infer import certs
 from secure_infer.chain import verify_chain
 from secure_infer.client import ClientSettings, VendorClient, VendorUnavailableError
@@ -238,13 +239,7 @@ class VendorProcess:
         raise TimeoutError(f"vendor did not become healthy:\n{self.log()[-3000:]}")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout=20)
         self.proc = None
         self._log.close()
 
