@@ -69,6 +69,10 @@ class Node:
 
     def stop(self) -> None:
         self.service.stop()
+        self._close()
+
+    def _close(self) -> None:
+        """Close what the node opened besides the service (after the service stopped)."""
         if self.metrics_server is not None:
             self.metrics_server.stop()
         self.vendors.close()
@@ -81,10 +85,7 @@ class Node:
         try:
             self.service.run_forever()
         finally:
-            if self.metrics_server is not None:
-                self.metrics_server.stop()
-            self.vendors.close()
-            self.vault.close()
+            self._close()
 
 
 def build_node(cfg: NodeConfig) -> Node:

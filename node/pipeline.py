@@ -165,7 +165,8 @@ class Pipeline:
         self.backends = backends
         self.uid_key = uid_key
         self.audit = audit
-        self.metrics = metrics
+        # always a registry: a pipeline without an endpoint just counts into its own
+        self.metrics = metrics if metrics is not None else NodeMetrics()
         self.jobs = jobs
 
     # ------------------------------------------------------------------ helpers
@@ -175,11 +176,7 @@ class Pipeline:
             self.audit.append(kind, details)
 
     def _timed(self, step: str) -> AbstractContextManager[None]:
-        if self.metrics is not None:
-            return self.metrics.time_step(step)
-        from contextlib import nullcontext
-
-        return nullcontext()
+        return self.metrics.time_step(step)
 
     def _instance_files(self, job: Job) -> list[Path]:
         """This job's instances, plus those of earlier finished jobs of the same study.
@@ -221,8 +218,7 @@ class Pipeline:
         with self._timed("rules"):
             evaluation = evaluate(self.cfg.routes, headers[0][1], calling_ae)
         if not evaluation.matches:
-            if self.metrics is not None:
-                self.metrics.rule_decision("none")
+            self.metrics.rule_decision("none")
             log.info("study %s: no rule matched; nothing to do", job.study)
             return
         for match in evaluation.matches:
@@ -244,8 +240,7 @@ class Pipeline:
                 "forward_deidentified" if action.forward_deidentified else "discard"
             )  # fmt: skip
             self._audit(AuditKind.RULE_MATCHED, study=job.study, rule=match.name, action=kind)
-            if self.metrics is not None:
-                self.metrics.rule_decision(kind)
+            self.metrics.rule_decision(kind)
             steps.put(f"{tag}-matched", {"rule": match.name, "action": kind})
         selected = [
             (p, ds) for p, ds in headers if series_selected(action, ds, calling_ae)[0]
@@ -315,10 +310,9 @@ class Pipeline:
                 )
             outcome = backend.infer(action.model, batch)
             for step in ("encrypt", "vendor", "decrypt"):
-                if self.metrics is not None and step in outcome.timings:
+                if step in outcome.timings:
                     self.metrics.observe_step(step, outcome.timings[step])
-            if self.metrics is not None:
-                self.metrics.vendor_traffic(sent=outcome.bytes_up, received=outcome.bytes_down)
+            self.metrics.vendor_traffic(sent=outcome.bytes_up, received=outcome.bytes_down)
             self._audit(
                 AuditKind.INFERENCE_REQUESTED, study=job.study, model=action.model,
                 model_version=outcome.model_version, context_hash=outcome.context_sha256,
@@ -462,16 +456,14 @@ class Pipeline:
         try:
             report = self.sender.send(destination_settings(self.cfg, dest), files)
         except Exception:
-            if self.metrics is not None:
-                self.metrics.retry("deliver")
-                if kind == "sr":
-                    self.metrics.sr_delivered(ok=False)
-            raise
-        if self.metrics is not None:
-            self.metrics.observe_step("deliver" if kind == "sr" else "forward",
-                                      time.perf_counter() - t0)  # fmt: skip
+            self.metrics.retry("deliver")
             if kind == "sr":
-                self.metrics.sr_delivered(ok=True)
+                self.metrics.sr_delivered(ok=False)
+            raise
+        self.metrics.observe_step("deliver" if kind == "sr" else "forward",
+                                  time.perf_counter() - t0)  # fmt: skip
+        if kind == "sr":
+            self.metrics.sr_delivered(ok=True)
         self._audit(
             AuditKind.SR_DELIVERED if kind == "sr" else AuditKind.FORWARDED,
             study=job.study, destination=dest, instances=report.sent,
