@@ -39,6 +39,7 @@ def scp_settings(cfg: NodeConfig) -> ScpSettings:
         min_free_bytes=s.min_free_bytes,
         fsync=s.fsync,
         max_pdu=s.max_pdu,
+        fast_path=s.fast_path,
         acse_timeout=s.acse_timeout,
         dimse_timeout=s.dimse_timeout,
         network_timeout=s.network_timeout,

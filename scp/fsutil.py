@@ -8,9 +8,24 @@ both fsynced, in this order.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["fsync_dir", "write_file"]
+__all__ = ["Bytes", "fsync_dir", "nbytes", "write_file"]
+
+Bytes = bytes | bytearray | memoryview | Sequence[bytes | bytearray | memoryview]
+"""One buffer, or several written in order (so a header and a body need no concatenation)."""
+
+
+def _parts(data: Bytes) -> list[memoryview]:
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return [memoryview(data).cast("B")]
+    return [memoryview(p).cast("B") for p in data]
+
+
+def nbytes(data: Bytes) -> int:
+    """Total length of ``data``."""
+    return sum(len(p) for p in _parts(data))
 
 
 def fsync_dir(path: Path) -> None:
@@ -22,14 +37,18 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_file(path: Path, data: bytes | memoryview, *, sync: bool = True) -> None:
+def write_file(path: Path, data: Bytes, *, sync: bool = True) -> None:
     """Create ``path`` (must not exist) holding ``data``, fsynced when ``sync``."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
+        parts = [p for p in _parts(data) if len(p)]
+        while parts:
+            n = os.writev(fd, parts)
+            while parts and n >= len(parts[0]):  # drop what was written, keep the rest
+                n -= len(parts[0])
+                parts.pop(0)
+            if parts:
+                parts[0] = parts[0][n:]
         if sync:
             os.fsync(fd)
     finally:

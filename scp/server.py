@@ -3,21 +3,21 @@
 The C-STORE handler only validates and spools; it never waits on later processing. Any
 exception inside it is turned into a failure status by our own ``try`` (pynetdicom would send
 0xC211), so one bad dataset never stops the server.
+
+C-STORE data arrives through :mod:`scp.fastpath` (our reader in pynetdicom's DUL thread) unless
+``fast_path`` is off; both paths end in :meth:`StorageServer.store_instance`, so statuses,
+validation (:mod:`scp.walk`) and durability are the same either way.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from io import BytesIO
 from typing import Any
 
-from pydicom import dcmread
-from pydicom.filereader import _read_file_meta_info, data_element_generator, read_preamble
 from pydicom.uid import (
     HTJ2K,
     JPEG2000,
-    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -39,12 +39,14 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from scp import status
 from scp.errors import InvalidInstanceError, SpoolFullError
+from scp.fastpath import StoreRequest, install
 from scp.filemeta import file_meta_bytes
 from scp.net import tune_association
 from scp.policy import AssociationPolicy
 from scp.settings import LogId, ScpSettings
 from scp.spool import Spool
 from scp.tls import server_context
+from scp.walk import MalformedDatasetError, walk_dataset
 
 __all__ = ["ACCEPTED_TRANSFER_SYNTAXES", "StorageServer"]
 
@@ -71,55 +73,22 @@ ACCEPTED_TRANSFER_SYNTAXES = [
 """Stored as sent, never transcoded."""
 
 
-_UID_TAGS = {0x0020000D: 0, 0x0020000E: 1, 0x00080018: 2}
-
-
-def _parse(data: bytes) -> tuple[str, str, str]:
-    """One pass over the top-level elements: (study, series, SOP instance UID).
-
-    Raises ``ValueError`` on a truncated value or trailing bytes. pydicom's reader is
-    deliberately tolerant (it returns a short value for a truncated element and only warns);
-    an SCP must not acknowledge such a dataset. Sequences are parsed (and so checked) by
-    pydicom; pixel data stays raw bytes, never decompressed. Deflated datasets are inflated
-    by ``dcmread``.
-    """
-    fp = BytesIO(data)
-    read_preamble(fp, False)
-    meta = _read_file_meta_info(fp)
-    ts = UID(str(meta.get("TransferSyntaxUID", ExplicitVRLittleEndian)))
-    if ts.is_deflated:
-        ds = dcmread(BytesIO(data))
-        return tuple(  # type: ignore[return-value]
-            str(ds.get(k, "") or "")
-            for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
-        )
-    uids = ["", "", ""]
-    for raw in data_element_generator(fp, ts.is_implicit_VR, ts.is_little_endian):
-        length = getattr(raw, "length", None)  # sequences come back parsed, without length
-        if length is not None and length != 0xFFFFFFFF and len(raw.value or b"") != length:
-            raise ValueError("truncated element value")
-        slot = _UID_TAGS.get(int(raw.tag))
-        if slot is not None and isinstance(raw.value, bytes):
-            uids[slot] = raw.value.rstrip(b"\x00 ").decode("ascii")
-    if fp.tell() != len(data):
-        raise ValueError("trailing bytes after the dataset")
-    return uids[0], uids[1], uids[2]
-
-
-def validate(data: bytes, affected_sop_uid: str) -> tuple[str, str, str]:
-    """Parse the DICOM file bytes; return (study, series, SOP instance UID) or raise
+def validate(
+    dataset: bytes | bytearray, transfer_syntax: str, affected_sop_uid: str
+) -> tuple[str, str]:
+    """Check the data set's encoding; return (study UID, SOP instance UID) or raise
     :class:`InvalidInstanceError` with the status to answer."""
     try:
-        study, series, sop = _parse(data)
-    except Exception as exc:  # pydicom raises many types on garbage
-        raise InvalidInstanceError(status.CANNOT_DECODE, type(exc).__name__) from None
-    if not study.strip():
+        uids = walk_dataset(dataset, transfer_syntax)
+    except MalformedDatasetError as exc:
+        raise InvalidInstanceError(status.CANNOT_DECODE, str(exc)) from None
+    if not uids.study.strip():
         raise InvalidInstanceError(status.MISSING_STUDY_UID, "no Study Instance UID")
-    if not series.strip():
+    if not uids.series.strip():
         raise InvalidInstanceError(status.MISSING_SERIES_UID, "no Series Instance UID")
-    if not sop.strip() or sop != affected_sop_uid:
+    if not uids.sop_instance.strip() or uids.sop_instance != affected_sop_uid:
         raise InvalidInstanceError(status.MISSING_SOP_UID, "SOP Instance UID missing/mismatch")
-    return study, series, sop
+    return uids.study, uids.sop_instance
 
 
 class StorageServer:
@@ -173,7 +142,7 @@ class StorageServer:
         """Listen in background threads."""
         ssl_ctx = server_context(self.settings.tls) if self.settings.tls else None
         handlers: list[Any] = [
-            (evt.EVT_CONN_OPEN, tune_association),
+            (evt.EVT_CONN_OPEN, self._on_conn_open),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
@@ -211,6 +180,11 @@ class StorageServer:
         log.info("storage SCP stopped")
 
     # -- handlers ----------------------------------------------------------------------
+    def _on_conn_open(self, event: Any) -> None:
+        tune_association(event)
+        if self.settings.fast_path:
+            install(event.assoc, self.store_instance)
+
     def _on_requested(self, event: Any) -> None:
         assoc = event.assoc
         rq = assoc.requestor.primitive
@@ -240,18 +214,28 @@ class StorageServer:
         return status.SUCCESS
 
     def _on_store(self, event: Any) -> int:
-        calling = event.assoc.requestor.ae_title.strip()
+        """pynetdicom's C-STORE event (used when the fast path is off or not installed)."""
+        rq = event.request
+        return self.store_instance(
+            StoreRequest(
+                calling_ae=event.assoc.requestor.ae_title.strip(),
+                sop_class_uid=str(rq.AffectedSOPClassUID),
+                sop_instance_uid=str(rq.AffectedSOPInstanceUID),
+                transfer_syntax_uid=str(event.context.transfer_syntax),
+                dataset=event.encoded_dataset(include_meta=False),
+            )
+        )
+
+    def store_instance(self, rq: StoreRequest) -> int:
+        """Validate and durably spool one instance; return the DIMSE status to answer."""
+        calling = rq.calling_ae
         try:
-            rq = event.request
-            data = file_meta_bytes(
-                str(rq.AffectedSOPClassUID),
-                str(rq.AffectedSOPInstanceUID),
-                str(event.context.transfer_syntax),
-                calling,
-            ) + event.encoded_dataset(include_meta=False)
-            self.spool.check_space(len(data))
-            study, _series, sop = validate(data, str(event.request.AffectedSOPInstanceUID))
-            stored = self.spool.store(study, sop, data)
+            meta = file_meta_bytes(
+                rq.sop_class_uid, rq.sop_instance_uid, rq.transfer_syntax_uid, calling
+            )
+            self.spool.check_space(len(meta) + len(rq.dataset))
+            study, sop = validate(rq.dataset, rq.transfer_syntax_uid, rq.sop_instance_uid)
+            stored = self.spool.store(study, sop, (meta, rq.dataset))
         except SpoolFullError:
             log.error("C-STORE from %s refused 0xA700: spool below free-space mark", calling)
             return status.OUT_OF_RESOURCES

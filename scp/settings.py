@@ -49,6 +49,7 @@ class ScpSettings:
     min_free_bytes: int = 0
     fsync: bool = True
     max_pdu: int = 0
+    fast_path: bool = True
     acse_timeout: float = 30.0
     dimse_timeout: float = 60.0
     network_timeout: float = 60.0

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scp.errors import SpoolFullError
-from scp.fsutil import fsync_dir, write_file
+from scp.fsutil import Bytes, fsync_dir, nbytes, write_file
 from scp.settings import LogId
 
 __all__ = ["Spool", "SpooledStudy", "StoredInstance"]
@@ -106,9 +106,10 @@ class Spool:
         if self.min_free_bytes and self.free_bytes() - incoming < self.min_free_bytes:
             raise SpoolFullError("spool free space below scp.min_free_bytes")
 
-    def store(self, study_uid: str, sop_uid: str, data: bytes | memoryview) -> StoredInstance:
-        """Durably store one instance (DICOM file bytes); returns once it survives a crash."""
-        self.check_space(len(data))
+    def store(self, study_uid: str, sop_uid: str, data: Bytes) -> StoredInstance:
+        """Durably store one instance (DICOM file bytes, possibly in parts); returns once it
+        survives a crash."""
+        self.check_space(nbytes(data))
         key = self.study_key(study_uid)
         tmp = self._tmp / f"{secrets.token_hex(8)}.part"
         try:

@@ -45,6 +45,9 @@ class ScpSection(FrozenModel):
     min_free_bytes: int = Field(default=1_000_000_000, ge=0)
     fsync: bool = True
     max_pdu: int = Field(default=0, ge=0, description="0 = unlimited")
+    fast_path: bool = Field(
+        default=True, description="C-STORE data read by scp.fastpath (false: pynetdicom's path)"
+    )
     acse_timeout: float = Field(default=30.0, gt=0)
     dimse_timeout: float = Field(default=60.0, gt=0)
     network_timeout: float = Field(default=60.0, gt=0)
