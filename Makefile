@@ -24,6 +24,7 @@ lint: $(STAMP)
 
 bench-ingest: $(STAMP)
 	$(PY) benchmarks/ingest.py
+	$(PY) benchmarks/ingest_bound.py
 
 bench-infer: $(STAMP)
 	$(PY) benchmarks/infer.py
