@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "DIRECTIONS",
     "JOB_STATES",
+    "REFUSALS",
     "REJECT_REASONS",
     "RULE_ACTIONS",
     "SR_OUTCOMES",
@@ -58,6 +59,9 @@ REJECT_REASONS = frozenset(
     {"calling_ae", "called_ae", "network", "tls", "no_presentation_context", "busy", "other"}
 )
 """Why an association was rejected."""
+
+REFUSALS = frozenset({"spool_full", "undecodable", "missing_uid", "write_failed", "other"})
+"""Why the Storage SCP refused an instance (0xA700, 0xC001, 0xC002-0xC004, 0xC005)."""
 
 JOB_STATES = frozenset({"claiming", "queued", "running", "done", "failed"})
 """States of a job in the job store (``node.jobs.STATES``; a job waiting to retry is queued)."""
@@ -98,6 +102,9 @@ class NodeMetrics:
         self.instances_received = Counter(
             "blindread_instances_received", "DICOM instances accepted by the Storage SCP",
             registry=r)
+        self.instances_refused = Counter(
+            "blindread_instances_refused", "C-STOREs answered with a failure status",
+            ["reason"], registry=r)
         self.associations_rejected = Counter(
             "blindread_associations_rejected", "Associations refused by policy",
             ["reason"], registry=r)
@@ -125,6 +132,8 @@ class NodeMetrics:
         # Create every labelled series up front so dashboards and alerts see zeros, not gaps.
         for reason in REJECT_REASONS:
             self.associations_rejected.labels(reason)
+        for refusal in REFUSALS:
+            self.instances_refused.labels(refusal)
         for state in JOB_STATES:
             self.jobs.labels(state)
         for step in STEPS:
@@ -139,6 +148,9 @@ class NodeMetrics:
 
     def instance_received(self, n: int = 1) -> None:
         self.instances_received.inc(n)
+
+    def instance_refused(self, reason: str) -> None:
+        self.instances_refused.labels(_check(reason, REFUSALS, "refusal")).inc()
 
     def association_rejected(self, reason: str) -> None:
         self.associations_rejected.labels(_check(reason, REJECT_REASONS, "reason")).inc()

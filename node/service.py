@@ -27,12 +27,20 @@ from node.netsettings import (
 )
 from node.pseudonym import Pseudonymizer
 from node.runner import JobAction, JobRunner
-from scp import CompletionMonitor, Spool, StorageServer
+from scp import CompletionMonitor, Spool, StorageServer, status
 
 __all__ = ["NodePaths", "NodeService", "node_paths", "open_jobs"]
 
 # A-ASSOCIATE-RJ reason codes our policy sends -> the metric's fixed reason labels
 _REJECT_REASONS = {0x01: "network", 0x03: "calling_ae", 0x07: "called_ae"}
+_REFUSALS = {
+    status.OUT_OF_RESOURCES: "spool_full",
+    status.CANNOT_DECODE: "undecodable",
+    status.MISSING_STUDY_UID: "missing_uid",
+    status.MISSING_SERIES_UID: "missing_uid",
+    status.MISSING_SOP_UID: "missing_uid",
+    status.SPOOL_WRITE_FAILED: "write_failed",
+}
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +116,7 @@ class NodeService:
             self.pseudonyms.study,
             self._stored,
             on_rejected=self._rejected,
+            on_refused=self._refused,
         )
         self._stopped = threading.Event()
 
@@ -119,6 +128,10 @@ class NodeService:
     def _rejected(self, reason_code: int) -> None:
         if self.metrics is not None:
             self.metrics.association_rejected(_REJECT_REASONS.get(reason_code, "other"))
+
+    def _refused(self, code: int) -> None:
+        if self.metrics is not None:
+            self.metrics.instance_refused(_REFUSALS.get(code, "other"))
 
     def _complete(self, study_key: str) -> None:
         if self.intake.claim(study_key) is not None:

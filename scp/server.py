@@ -101,12 +101,14 @@ class StorageServer:
         log_id: LogId,
         on_stored: Callable[[str], None] | None = None,
         on_rejected: Callable[[int], None] | None = None,
+        on_refused: Callable[[int], None] | None = None,
     ) -> None:
         self.settings = settings
         self.spool = spool
         self.log_id = log_id
         self.on_stored = on_stored
         self.on_rejected = on_rejected  # called with the A-ASSOCIATE-RJ reason code
+        self.on_refused = on_refused  # called with a C-STORE failure status
         self.policy = AssociationPolicy(
             settings.ae_title, settings.allowed_calling_ae_titles, settings.allowed_networks
         )
@@ -228,6 +230,15 @@ class StorageServer:
 
     def store_instance(self, rq: StoreRequest) -> int:
         """Validate and durably spool one instance; return the DIMSE status to answer."""
+        code = self._store(rq)
+        if code != status.SUCCESS and self.on_refused is not None:
+            try:
+                self.on_refused(code)
+            except Exception:
+                log.exception("on_refused callback failed")
+        return code
+
+    def _store(self, rq: StoreRequest) -> int:
         calling = rq.calling_ae
         try:
             meta = file_meta_bytes(

@@ -13,6 +13,7 @@ from node.config.observability import MetricsSection
 from node.metrics import (
     DIRECTIONS,
     JOB_STATES,
+    REFUSALS,
     REJECT_REASONS,
     RULE_ACTIONS,
     SR_OUTCOMES,
@@ -23,7 +24,7 @@ from node.metrics import (
 )
 from tests.peers import free_port
 
-ALLOWED = {"reason": REJECT_REASONS, "state": JOB_STATES, "step": STEPS,
+ALLOWED = {"reason": REJECT_REASONS | REFUSALS, "state": JOB_STATES, "step": STEPS,
            "direction": DIRECTIONS, "outcome": SR_OUTCOMES, "action": RULE_ACTIONS}
 
 
@@ -41,6 +42,7 @@ def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 def test_scrape_over_loopback_reflects_events() -> None:
     m = NodeMetrics()
     m.instance_received(10)
+    m.instance_refused("spool_full")
     m.association_rejected("calling_ae")
     m.association_rejected("calling_ae")
     m.study_completed()
@@ -56,6 +58,8 @@ def test_scrape_over_loopback_reflects_events() -> None:
     with MetricsServer(m.registry, "127.0.0.1", 0) as server:
         v = scrape(server.url)
     assert v[("blindread_instances_received_total", ())] == 10
+    assert v[("blindread_instances_refused_total", (("reason", "spool_full"),))] == 1
+    assert v[("blindread_instances_refused_total", (("reason", "undecodable"),))] == 0
     assert v[("blindread_associations_rejected_total", (("reason", "calling_ae"),))] == 2
     assert v[("blindread_associations_rejected_total", (("reason", "tls"),))] == 0  # pre-created
     assert v[("blindread_studies_completed_total", ())] == 1

@@ -20,6 +20,7 @@ from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, AllStoragePresentationContexts
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
+from node.metrics import NodeMetrics
 from node.service import NodeService
 from node.synthetic import synthetic_ct_study, write_study
 from scp import ACCEPTED_TRANSFER_SYNTAXES, status
@@ -296,10 +297,19 @@ def test_sop_uid_mismatch_refused(tmp_path: Path) -> None:
 
 def test_watermark_refuses_with_a700_and_writes_nothing(tmp_path: Path) -> None:
     cfg = node_config(tmp_path, scp={"min_free_bytes": 10**18})
-    with running_node(cfg) as svc:
+    metrics = NodeMetrics()
+    svc = NodeService(cfg, action=lambda job: None, metrics=metrics)
+    svc.start()
+    try:
         assert store(svc.port, synthetic_ct_study(1)[0]) == 0xA700
         assert spool_files(svc) == []
         assert echo_ok(svc.port)
+        refused = metrics.registry.get_sample_value(
+            "blindread_instances_refused_total", {"reason": "spool_full"}
+        )
+        assert refused == 1
+    finally:
+        svc.stop(timeout=5)
 
 
 def test_resend_replaces_idempotently(tmp_path: Path) -> None:
