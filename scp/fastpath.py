@@ -308,12 +308,14 @@ class FastReader:
             command.field == _C_STORE_RQ
             and command.dataset_type != _NO_DATASET
             and context_id in contexts
+            and contexts[context_id][0] == command.sop_class  # PS3.7 9.1.1.1: must match
             and command.sop_instance
             and command.message_id >= 0
         ):
             self._mode, self._request, self._dataset = "store", (context_id, command), bytearray()
             return
-        # anything else is pynetdicom's: C-ECHO, a malformed request, an unknown context
+        # anything else is pynetdicom's: C-ECHO, a malformed request, an unknown context or one
+        # whose abstract syntax is not the request's SOP class
         self._mode = "pass"
         self._pass_ends_with_dataset = command.dataset_type != _NO_DATASET
         self._pass_items.extend(items)

@@ -305,3 +305,21 @@ def test_peer_stalling_mid_store_is_dropped_without_storing(tmp_path: Path) -> N
         fresh = raw_association(srv.port)
         assert int(fresh.send_c_echo().Status) == 0
         fresh.release()
+
+
+def test_store_on_a_context_of_another_sop_class_is_left_to_pynetdicom(tmp_path: Path) -> None:
+    """A C-STORE whose SOP class is not its context's abstract syntax is not ours to judge."""
+    calls = [0]
+    with server(tmp_path, spy=calls) as srv:
+        assoc = raw_association(srv.port)
+        verification = next(
+            cx.context_id for cx in assoc.accepted_contexts if cx.abstract_syntax == Verification
+        )
+        assoc.dul.socket.send(pdata((verification, 0x03, store_command())))
+        assoc.dul.socket.send(pdata((verification, 0x02, b"\x08\x00\x18\x00\x00\x00\x00\x00")))
+        deadline = time.monotonic() + 10
+        while calls[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert calls[0] == 1  # pynetdicom's own path took it, not the fast path
+        assert spooled(srv) == []
+        assoc.abort()
