@@ -50,6 +50,7 @@ _NO_DATASET = 0x0101
 # the reactor back to pynetdicom (it must also send our outgoing primitives, e.g. C-ECHO-RSP).
 _IDLE_WAIT = 0.0005
 _NEXT_PDU_WAIT = 0.005
+_ALLOC_STEP = 4 << 20
 _REQUIRED = ("_is_transport_event", "_decode_pdu", "_recv_pdu", "state_machine", "event_queue")
 
 
@@ -177,11 +178,17 @@ class FastReader:
 
     # -- socket ----------------------------------------------------------------------------
     def _recv_exact(self, raw: socket.socket, n: int) -> bytearray | None:
-        buf = bytearray(n)
-        view = memoryview(buf)
+        """Exactly ``n`` bytes, or ``None`` if the peer closed first.
+
+        The buffer grows with what actually arrives (in steps of ``_ALLOC_STEP``), so a PDU
+        header that claims 4 GB costs nothing until 4 GB are really sent.
+        """
+        buf = bytearray(min(n, _ALLOC_STEP))
         got = 0
         while got < n:
-            k = raw.recv_into(view[got:])
+            if got == len(buf):
+                buf.extend(bytes(min(n - got, _ALLOC_STEP)))
+            k = raw.recv_into(memoryview(buf)[got:])
             if k == 0:
                 return None
             got += k

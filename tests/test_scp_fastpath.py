@@ -323,3 +323,22 @@ def test_store_on_a_context_of_another_sop_class_is_left_to_pynetdicom(tmp_path:
         assert calls[0] == 1  # pynetdicom's own path took it, not the fast path
         assert spooled(srv) == []
         assoc.abort()
+
+
+def test_pdu_length_that_lies_costs_no_memory(tmp_path: Path) -> None:
+    """A header claiming ~4 GB, a few bytes, then close: dropped, nothing reserved up front."""
+    import resource
+
+    with server(tmp_path) as srv:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        assoc = raw_association(srv.port)
+        assoc.dul.socket.send(struct.pack(">BBI", 0x04, 0, 0xFFFFFFF0) + b"\x00" * 64)
+        time.sleep(0.3)
+        assoc.dul.socket.socket.close()
+        time.sleep(0.5)
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        assert after - before < 64 * 1024  # KiB: far below the claimed 4 GB
+        assert spooled(srv) == []
+        fresh = raw_association(srv.port)
+        assert int(fresh.send_c_echo().Status) == 0
+        fresh.release()
