@@ -12,8 +12,10 @@ What we replace, and what we keep: pynetdicom still accepts the connection, nego
 association (our policy runs in ``EVT_REQUESTED``), and handles C-ECHO, release, abort and
 every error path. We replace only the DUL's "is there data on the socket" step
 (``DULServiceProvider._is_transport_event``) with :class:`FastReader`: it reads whole PDUs with
-``recv_into``; in the data-transfer state (Sta6) it assembles C-STORE requests itself, calls the
-store handler in this thread and sends the C-STORE-RSP directly. Every other PDU (and every
+``recv_into``; in the data-transfer state (Sta6) it decodes C-STORE commands itself, hands each
+data set fragment to the handler's sink as it arrives (so a large instance is never held in
+memory), lets the sink store or refuse the instance in this thread, and sends the C-STORE-RSP
+directly. Every other PDU (and every
 other DIMSE message, e.g. C-ECHO) is decoded and queued for pynetdicom exactly as its own reader
 would, so pynetdicom's state machine still sees every non-C-STORE event in order.
 
@@ -35,9 +37,16 @@ import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["FastReader", "StoreHandler", "StoreRequest", "encode_store_rsp", "install"]
+__all__ = [
+    "FastReader",
+    "InstanceSink",
+    "StoreHandler",
+    "StoreRequest",
+    "encode_store_rsp",
+    "install",
+]
 
 log = logging.getLogger(__name__)
 
@@ -56,17 +65,30 @@ _REQUIRED = ("_is_transport_event", "_decode_pdu", "_recv_pdu", "state_machine",
 
 @dataclass(frozen=True)
 class StoreRequest:
-    """One complete C-STORE request as received (dataset bytes exactly as sent)."""
+    """What a C-STORE request says about its instance (the data set follows separately)."""
 
     calling_ae: str
     sop_class_uid: str
     sop_instance_uid: str
     transfer_syntax_uid: str
-    dataset: bytes | bytearray
 
 
-StoreHandler = Callable[[StoreRequest], int]
-"""Stores one instance durably and returns the DIMSE status to answer."""
+class InstanceSink(Protocol):
+    """Where one instance's data set bytes go as they arrive."""
+
+    def write(self, data: memoryview) -> None: ...
+
+    def finish(self) -> int:
+        """All bytes are in: store durably (or refuse) and return the DIMSE status."""
+        ...
+
+    def discard(self) -> None:
+        """The message will never complete: drop what was written."""
+        ...
+
+
+StoreHandler = Callable[[StoreRequest], InstanceSink]
+"""Starts receiving one instance."""
 
 
 class ProtocolError(Exception):
@@ -174,7 +196,11 @@ class FastReader:
         self._pass_items: list[bytes] = []
         self._pass_ends_with_dataset = False
         self._request: tuple[int, _Command] | None = None
-        self._dataset = bytearray()
+        self._sink: InstanceSink | None = None
+
+    def close(self) -> None:
+        """The connection is gone: drop an instance cut off mid-message."""
+        self._reset()
 
     # -- socket ----------------------------------------------------------------------------
     def _recv_exact(self, raw: socket.socket, n: int) -> bytearray | None:
@@ -247,6 +273,7 @@ class FastReader:
             return False
         pdu = self._read_pdu()
         if pdu is None:
+            self._reset()
             return True
         if pdu[0] != _P_DATA_TF or state != "Sta6":
             self._deliver(pdu)
@@ -260,6 +287,7 @@ class FastReader:
             while self._mode == "store" and self._data_waiting(_NEXT_PDU_WAIT):
                 pdu = self._read_pdu()
                 if pdu is None:
+                    self._reset()
                     return True
                 if pdu[0] != _P_DATA_TF:
                     raise ProtocolError("non-data PDU inside a C-STORE message")
@@ -293,10 +321,10 @@ class FastReader:
                 self._mode = None
             return
         if self._mode == "store":
-            assert self._request is not None
+            assert self._request is not None and self._sink is not None
             if is_command or context_id != self._request[0]:
                 raise ProtocolError("command or other context inside a C-STORE data set")
-            self._dataset += data
+            self._sink.write(data)
             if last:
                 self._complete_store()
             return
@@ -319,7 +347,15 @@ class FastReader:
             and command.sop_instance
             and command.message_id >= 0
         ):
-            self._mode, self._request, self._dataset = "store", (context_id, command), bytearray()
+            self._mode, self._request = "store", (context_id, command)
+            self._sink = self.handler(
+                StoreRequest(
+                    calling_ae=self._calling(),
+                    sop_class_uid=command.sop_class,
+                    sop_instance_uid=command.sop_instance,
+                    transfer_syntax_uid=contexts[context_id][1],
+                )
+            )
             return
         # anything else is pynetdicom's: C-ECHO, a malformed request, an unknown context or one
         # whose abstract syntax is not the request's SOP class
@@ -330,21 +366,14 @@ class FastReader:
             self._mode = None
 
     def _complete_store(self) -> None:
-        assert self._request is not None
-        context_id, command = self._request
-        dataset, self._dataset, self._request, self._mode = self._dataset, bytearray(), None, None
-        _abstract, transfer_syntax = self._accepted_contexts()[context_id]
-        request = StoreRequest(
-            calling_ae=self._calling(),
-            sop_class_uid=command.sop_class,
-            sop_instance_uid=command.sop_instance,
-            transfer_syntax_uid=transfer_syntax,
-            dataset=dataset,
-        )
+        assert self._request is not None and self._sink is not None
+        (context_id, command), sink = self._request, self._sink
+        self._request, self._sink, self._mode = None, None, None
         try:
-            status = self.handler(request)
-        except Exception:  # the handler answers its own errors; this is a bug guard
+            status = sink.finish()
+        except Exception:  # the sink answers its own errors; this is a bug guard
             log.exception("C-STORE handler failed; answering 0xC000")
+            sink.discard()
             status = 0xC000
         self.stores += 1
         max_pdu = int(getattr(self.assoc.requestor, "maximum_length", 0) or 0)
@@ -395,9 +424,10 @@ class FastReader:
             return "?"
 
     def _reset(self) -> None:
-        self._mode, self._request = None, None
+        if self._sink is not None:
+            self._sink.discard()
+        self._mode, self._request, self._sink = None, None, None
         self._command, self._command_items, self._pass_items = bytearray(), [], []
-        self._dataset = bytearray()
 
 
 def install(assoc: Any, handler: StoreHandler) -> FastReader | None:

@@ -11,7 +11,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["Bytes", "fsync_dir", "nbytes", "write_file"]
+__all__ = ["Bytes", "fsync_dir", "nbytes", "write_all", "write_file"]
 
 Bytes = bytes | bytearray | memoryview | Sequence[bytes | bytearray | memoryview]
 """One buffer, or several written in order (so a header and a body need no concatenation)."""
@@ -37,18 +37,23 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def write_all(fd: int, data: Bytes) -> None:
+    """Write every byte of ``data`` to ``fd`` (``writev``; retries short writes)."""
+    parts = [p for p in _parts(data) if len(p)]
+    while parts:
+        n = os.writev(fd, parts)
+        while parts and n >= len(parts[0]):  # drop what was written, keep the rest
+            n -= len(parts[0])
+            parts.pop(0)
+        if parts:
+            parts[0] = parts[0][n:]
+
+
 def write_file(path: Path, data: Bytes, *, sync: bool = True) -> None:
     """Create ``path`` (must not exist) holding ``data``, fsynced when ``sync``."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        parts = [p for p in _parts(data) if len(p)]
-        while parts:
-            n = os.writev(fd, parts)
-            while parts and n >= len(parts[0]):  # drop what was written, keep the rest
-                n -= len(parts[0])
-                parts.pop(0)
-            if parts:
-                parts[0] = parts[0][n:]
+        write_all(fd, data)
         if sync:
             os.fsync(fd)
     finally:

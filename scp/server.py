@@ -38,15 +38,13 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from scp import status
-from scp.errors import InvalidInstanceError, SpoolFullError
 from scp.fastpath import StoreRequest, install
-from scp.filemeta import file_meta_bytes
+from scp.incoming import IncomingInstance
 from scp.net import tune_association
 from scp.policy import AssociationPolicy
 from scp.settings import LogId, ScpSettings
 from scp.spool import Spool
 from scp.tls import server_context
-from scp.walk import MalformedDatasetError, walk_dataset
 
 __all__ = ["ACCEPTED_TRANSFER_SYNTAXES", "StorageServer"]
 
@@ -71,24 +69,6 @@ ACCEPTED_TRANSFER_SYNTAXES = [
     RLELossless,
 ]
 """Stored as sent, never transcoded."""
-
-
-def validate(
-    dataset: bytes | bytearray, transfer_syntax: str, affected_sop_uid: str
-) -> tuple[str, str]:
-    """Check the data set's encoding; return (study UID, SOP instance UID) or raise
-    :class:`InvalidInstanceError` with the status to answer."""
-    try:
-        uids = walk_dataset(dataset, transfer_syntax)
-    except MalformedDatasetError as exc:
-        raise InvalidInstanceError(status.CANNOT_DECODE, str(exc)) from None
-    if not uids.study.strip():
-        raise InvalidInstanceError(status.MISSING_STUDY_UID, "no Study Instance UID")
-    if not uids.series.strip():
-        raise InvalidInstanceError(status.MISSING_SERIES_UID, "no Series Instance UID")
-    if not uids.sop_instance.strip() or uids.sop_instance != affected_sop_uid:
-        raise InvalidInstanceError(status.MISSING_SOP_UID, "SOP Instance UID missing/mismatch")
-    return uids.study, uids.sop_instance
 
 
 class StorageServer:
@@ -145,6 +125,7 @@ class StorageServer:
         ssl_ctx = server_context(self.settings.tls) if self.settings.tls else None
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, self._on_conn_open),
+            (evt.EVT_CONN_CLOSE, self._on_conn_close),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
@@ -185,7 +166,12 @@ class StorageServer:
     def _on_conn_open(self, event: Any) -> None:
         tune_association(event)
         if self.settings.fast_path:
-            install(event.assoc, self.store_instance)
+            install(event.assoc, self.begin)
+
+    def _on_conn_close(self, event: Any) -> None:
+        reader = getattr(event.assoc, "_blindread_fast_reader", None)
+        if reader is not None:
+            reader.close()  # an instance cut off mid-message leaves nothing behind
 
     def _on_requested(self, event: Any) -> None:
         assoc = event.assoc
@@ -218,60 +204,20 @@ class StorageServer:
     def _on_store(self, event: Any) -> int:
         """pynetdicom's C-STORE event (used when the fast path is off or not installed)."""
         rq = event.request
-        return self.store_instance(
-            StoreRequest(
-                calling_ae=event.assoc.requestor.ae_title.strip(),
-                sop_class_uid=str(rq.AffectedSOPClassUID),
-                sop_instance_uid=str(rq.AffectedSOPInstanceUID),
-                transfer_syntax_uid=str(event.context.transfer_syntax),
-                dataset=event.encoded_dataset(include_meta=False),
-            )
+        request = StoreRequest(
+            calling_ae=event.assoc.requestor.ae_title.strip(),
+            sop_class_uid=str(rq.AffectedSOPClassUID),
+            sop_instance_uid=str(rq.AffectedSOPInstanceUID),
+            transfer_syntax_uid=str(event.context.transfer_syntax),
         )
+        return self.store_instance(request, event.encoded_dataset(include_meta=False))
 
-    def store_instance(self, rq: StoreRequest) -> int:
-        """Validate and durably spool one instance; return the DIMSE status to answer."""
-        code = self._store(rq)
-        if code != status.SUCCESS and self.on_refused is not None:
-            try:
-                self.on_refused(code)
-            except Exception:
-                log.exception("on_refused callback failed")
-        return code
+    def begin(self, request: StoreRequest) -> IncomingInstance:
+        """Start receiving one instance (its data set bytes are written as they arrive)."""
+        return IncomingInstance(self.spool, request, self.on_stored, self.on_refused)
 
-    def _store(self, rq: StoreRequest) -> int:
-        calling = rq.calling_ae
-        try:
-            meta = file_meta_bytes(
-                rq.sop_class_uid, rq.sop_instance_uid, rq.transfer_syntax_uid, calling
-            )
-            self.spool.check_space(len(meta) + len(rq.dataset))
-            study, sop = validate(rq.dataset, rq.transfer_syntax_uid, rq.sop_instance_uid)
-            stored = self.spool.store(study, sop, (meta, rq.dataset))
-        except SpoolFullError:
-            log.error("C-STORE from %s refused 0xA700: spool below free-space mark", calling)
-            return status.OUT_OF_RESOURCES
-        except InvalidInstanceError as exc:
-            log.warning(
-                "C-STORE from %s refused 0x%04X: %s (%s)",
-                calling,
-                exc.status,
-                status.describe(exc.status),
-                exc.reason,
-            )
-            return exc.status
-        except OSError as exc:
-            log.error("C-STORE from %s failed 0xC005: spool write error %s", calling, exc.errno)
-            return status.SPOOL_WRITE_FAILED
-        log.debug(
-            "stored %s of study %s from %s%s",
-            stored.path.name,
-            stored.study_key,
-            calling,
-            " (replaced)" if stored.replaced else "",
-        )
-        if self.on_stored is not None:
-            try:
-                self.on_stored(stored.study_key)
-            except Exception:  # the instance is safe; completion re-seeds from the spool
-                log.exception("on_stored callback failed for study %s", stored.study_key)
-        return status.SUCCESS
+    def store_instance(self, request: StoreRequest, dataset: bytes | bytearray) -> int:
+        """Receive a whole data set at once; return the DIMSE status to answer."""
+        incoming = self.begin(request)
+        incoming.write(dataset)
+        return incoming.finish()

@@ -18,6 +18,7 @@ never in between.
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import secrets
 import shutil
@@ -29,10 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scp.errors import SpoolFullError
-from scp.fsutil import Bytes, fsync_dir, nbytes, write_file
+from scp.fsutil import Bytes, fsync_dir, nbytes, write_all
 from scp.settings import LogId
 
-__all__ = ["Spool", "SpooledStudy", "StoredInstance"]
+__all__ = ["PartialInstance", "Spool", "SpooledStudy", "StoredInstance"]
 
 log = logging.getLogger(__name__)
 
@@ -110,24 +111,30 @@ class Spool:
         """Durably store one instance (DICOM file bytes, possibly in parts); returns once it
         survives a crash."""
         self.check_space(nbytes(data))
-        key = self.study_key(study_uid)
-        tmp = self._tmp / f"{secrets.token_hex(8)}.part"
+        partial = self.begin()
         try:
-            write_file(tmp, data, sync=self.fsync)
-            with self.locked(key):
-                study_dir = self.root / key
-                if not study_dir.is_dir():
-                    study_dir.mkdir(mode=0o700)
-                    if self.fsync:
-                        fsync_dir(self.root)
-                final = study_dir / f"{self.log_id(sop_uid)}.dcm"
-                replaced = final.exists()
-                os.replace(tmp, final)
+            partial.write(data)
+            return partial.commit(study_uid, sop_uid)
+        finally:
+            partial.discard()
+
+    def begin(self) -> PartialInstance:
+        """Start receiving an instance into a temp file (see :class:`PartialInstance`)."""
+        return PartialInstance(self, self._tmp / f"{secrets.token_hex(8)}.part")
+
+    def _commit(self, tmp: Path, study_uid: str, sop_uid: str) -> StoredInstance:
+        key = self.study_key(study_uid)
+        with self.locked(key):
+            study_dir = self.root / key
+            if not study_dir.is_dir():
+                study_dir.mkdir(mode=0o700)
                 if self.fsync:
-                    fsync_dir(study_dir)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+                    fsync_dir(self.root)
+            final = study_dir / f"{self.log_id(sop_uid)}.dcm"
+            replaced = final.exists()
+            os.replace(tmp, final)
+            if self.fsync:
+                fsync_dir(study_dir)
         return StoredInstance(key, final, replaced)
 
     # -- handing over --------------------------------------------------------------------
@@ -153,3 +160,70 @@ class Spool:
         fsync_dir(self.root)
         fsync_dir(dest.parent)
         return sorted(p.name for p in dest.iterdir() if p.name.endswith(".dcm"))
+
+
+class PartialInstance:
+    """An instance being received, written straight into a temp file of the spool.
+
+    Received bytes never pile up in memory (a multi-gigabyte instance costs one PDU of RAM), and
+    the temp file is invisible to the rest of the node until :meth:`commit` has fsynced it and
+    renamed it into its study directory. :meth:`discard` (or a crash, via
+    :meth:`Spool.clean_partial`) removes it; both are safe to call after a commit.
+    """
+
+    def __init__(self, spool: Spool, path: Path) -> None:
+        self.spool = spool
+        self.path = path
+        self.size = 0
+        self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+
+    def write(self, data: Bytes) -> None:
+        """Append ``data``; raises ``OSError`` (``ENOSPC`` ...) as the file system does."""
+        if self._fd is None:
+            raise ValueError("instance already committed or discarded")
+        write_all(self._fd, data)
+        self.size += nbytes(data)
+
+    @contextmanager
+    def view(self, offset: int = 0) -> Iterator[memoryview]:
+        """The bytes written so far from ``offset`` on, memory-mapped (nothing is copied)."""
+        if self._fd is None:
+            raise ValueError("instance already committed or discarded")
+        if self.size <= offset:
+            yield memoryview(b"")
+            return
+        mapped = mmap.mmap(self._fd, self.size, access=mmap.ACCESS_READ)
+        whole = memoryview(mapped)
+        part = whole[offset:]
+        try:
+            yield part
+        finally:
+            part.release()
+            whole.release()
+            try:
+                mapped.close()
+            except BufferError:  # a view escaped the block; the map closes when collected
+                log.debug("spool map still referenced; left to the garbage collector")
+
+    def commit(self, study_uid: str, sop_uid: str) -> StoredInstance:
+        """Make the instance durable (fsync when the spool says so) and visible in its study."""
+        if self._fd is None:
+            raise ValueError("instance already committed or discarded")
+        fd, self._fd = self._fd, None
+        try:
+            if self.spool.fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            return self.spool._commit(self.path, study_uid, sop_uid)
+        except BaseException:
+            self.path.unlink(missing_ok=True)
+            raise
+
+    def discard(self) -> None:
+        """Forget the instance (no-op after :meth:`commit`)."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+            self.path.unlink(missing_ok=True)

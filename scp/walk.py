@@ -23,13 +23,15 @@ from dataclasses import dataclass
 
 from pydicom.uid import UID
 
-__all__ = ["DatasetUids", "MalformedDatasetError", "walk_dataset"]
+__all__ = ["MAX_INFLATED", "DatasetUids", "MalformedDatasetError", "walk_dataset"]
 
 _UNDEFINED = 0xFFFFFFFF
 _ITEM = 0xE000
 _ITEM_END = 0xE00D
 _SEQ_END = 0xE0DD
 _MAX_DEPTH = 32
+MAX_INFLATED = 256 << 20
+"""Largest inflated size of a deflated data set we check (they are small in practice: SR, KOS)."""
 _KNOWN_VRS = frozenset(
     b"AE AS AT CS DA DS DT FL FD IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN "
     b"UR US UT UV".split()
@@ -181,16 +183,24 @@ def walk_dataset(dataset: bytes | bytearray | memoryview, transfer_syntax: str) 
     if ts.is_deflated:
         try:
             inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-            dataset = inflater.decompress(bytes(dataset)) + inflater.flush()
+            inflated = inflater.decompress(dataset, MAX_INFLATED)
         except zlib.error:
             raise MalformedDatasetError("deflated data set does not inflate") from None
+        if inflater.unconsumed_tail:  # a deflate bomb, or simply too big to check in memory
+            raise MalformedDatasetError("deflated data set inflates beyond 256 MiB")
+        dataset = inflated + inflater.flush()
     walker = _Walker(dataset)
-    implicit = ts.is_implicit_VR
-    # Some senders encode implicit VR under an explicit VR syntax (or the reverse); like
-    # pydicom, decide from the first element's VR bytes.
-    first_vr = bytes(walker.buf[4:6])
-    mismatch = len(walker.buf) >= 8 and (first_vr in _KNOWN_VRS) == implicit
-    enc = _ENCODINGS[(implicit != mismatch, not ts.is_little_endian)]
-    walker.dataset(0, len(walker.buf), enc, depth=0, in_item=False)
+    try:
+        implicit = ts.is_implicit_VR
+        # Some senders encode implicit VR under an explicit VR syntax (or the reverse); like
+        # pydicom, decide from the first element's VR bytes.
+        first_vr = bytes(walker.buf[4:6])
+        mismatch = len(walker.buf) >= 8 and (first_vr in _KNOWN_VRS) == implicit
+        enc = _ENCODINGS[(implicit != mismatch, not ts.is_little_endian)]
+        walker.dataset(0, len(walker.buf), enc, depth=0, in_item=False)
+    finally:
+        # Release our view now, even if an exception's traceback keeps this frame alive:
+        # the caller may be about to unmap the buffer (scp.spool.PartialInstance.view).
+        walker.buf.release()
     study, series, sop = walker.uids
     return DatasetUids(study, series, sop, vr_mismatch=mismatch)
