@@ -17,7 +17,9 @@ data set fragment to the handler's sink as it arrives (so a large instance is ne
 memory), lets the sink store or refuse the instance in this thread, and sends the C-STORE-RSP
 directly. Every other PDU (and every
 other DIMSE message, e.g. C-ECHO) is decoded and queued for pynetdicom exactly as its own reader
-would, so pynetdicom's state machine still sees every non-C-STORE event in order.
+would, so pynetdicom's state machine still sees every non-C-STORE event in order. For the
+PDUs we consume, pynetdicom's low-level notification events (``EVT_DATA_RECV``,
+``EVT_PDU_RECV``, ``EVT_DIMSE_RECV``, ``EVT_C_STORE``) are not fired; nothing of ours uses them.
 
 A peer that breaks the protocol inside a C-STORE (dataset without command, PDV overrunning its
 PDU, unknown presentation context, bad control header) gets the same answer pynetdicom gives to
