@@ -41,6 +41,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from scp.filemeta import uid_value
+
 __all__ = [
     "FastReader",
     "InstanceSink",
@@ -150,11 +152,6 @@ def _element(elem: int, value: bytes) -> bytes:
     return struct.pack("<HHI", 0x0000, elem, len(value)) + value
 
 
-def _uid_value(uid: str) -> bytes:
-    raw = uid.encode("ascii")
-    return raw + b"\x00" if len(raw) % 2 else raw
-
-
 def encode_store_rsp(
     context_id: int, message_id: int, sop_class: str, sop_instance: str, status: int, max_pdu: int
 ) -> bytes:
@@ -164,12 +161,12 @@ def encode_store_rsp(
     """
     body = b"".join(
         (
-            _element(0x0002, _uid_value(sop_class)),
+            _element(0x0002, uid_value(sop_class)),
             _element(0x0100, struct.pack("<H", _C_STORE_RSP)),
             _element(0x0120, struct.pack("<H", message_id)),
             _element(0x0800, struct.pack("<H", _NO_DATASET)),
             _element(0x0900, struct.pack("<H", status)),
-            _element(0x1000, _uid_value(sop_instance)),
+            _element(0x1000, uid_value(sop_instance)),
         )
     )
     command = _element(0x0000, struct.pack("<I", len(body))) + body
@@ -190,7 +187,6 @@ class FastReader:
         self.assoc = assoc
         self.dul = assoc.dul
         self.handler = handler
-        self.stores = 0
         self._contexts: dict[int, tuple[str, str]] | None = None
         self._mode: str | None = None  # None: expecting a command; "store" | "pass"
         self._command = bytearray()
@@ -205,8 +201,8 @@ class FastReader:
         self._reset()
 
     # -- socket ----------------------------------------------------------------------------
-    def _recv_exact(self, raw: socket.socket, n: int) -> bytearray | None:
-        """Exactly ``n`` bytes, or ``None`` if the peer closed first.
+    def _recv_exact(self, raw: socket.socket, n: int) -> bytearray:
+        """Exactly ``n`` bytes; ``ConnectionError`` if the peer closes first.
 
         The buffer grows with what actually arrives (in steps of ``_ALLOC_STEP``), so a PDU
         header that claims 4 GB costs nothing until 4 GB are really sent.
@@ -218,7 +214,7 @@ class FastReader:
                 buf.extend(bytes(min(n - got, _ALLOC_STEP)))
             k = raw.recv_into(memoryview(buf)[got:])
             if k == 0:
-                return None
+                raise ConnectionError("closed by the peer")
             got += k
         return buf
 
@@ -227,22 +223,15 @@ class FastReader:
         raw = self.dul.socket.socket
         try:
             header = self._recv_exact(raw, 6)
-            if header is None:
-                self.dul.event_queue.put("Evt17")  # closed by the peer
-                return None
             pdu_type, _, length = struct.unpack(">BBI", header)
             if pdu_type not in _PDU_TYPES:
                 log.error("unknown PDU type 0x%02X received; aborting", pdu_type)
                 self.dul.event_queue.put("Evt19")
                 return None
-            body = self._recv_exact(raw, length)
-        except OSError:  # includes the socket's network timeout
+            return header + self._recv_exact(raw, length)
+        except OSError:  # closed, reset, or the socket's network timeout
             self.dul.event_queue.put("Evt17")
             return None
-        if body is None:
-            self.dul.event_queue.put("Evt17")
-            return None
-        return header + body
 
     def _data_waiting(self, timeout: float) -> bool:
         sock = self.dul.socket
@@ -377,7 +366,6 @@ class FastReader:
             log.exception("C-STORE handler failed; answering 0xC000")
             sink.discard()
             status = 0xC000
-        self.stores += 1
         max_pdu = int(getattr(self.assoc.requestor, "maximum_length", 0) or 0)
         self.dul.socket.send(
             encode_store_rsp(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 
-__all__ = ["IMPLEMENTATION_CLASS_UID", "IMPLEMENTATION_VERSION", "file_meta_bytes"]
+__all__ = ["IMPLEMENTATION_CLASS_UID", "IMPLEMENTATION_VERSION", "file_meta_bytes", "uid_value"]
 
 # A UUID-derived UID (PS3.5 B.2): ours without registering a root; uuid5 of a fixed name.
 IMPLEMENTATION_CLASS_UID = "2.25.164724738519967844698796570934747350401"
@@ -19,6 +19,11 @@ IMPLEMENTATION_VERSION = "BLINDREAD_01"
 
 def _pad(value: bytes, pad: bytes) -> bytes:
     return value + pad if len(value) % 2 else value
+
+
+def uid_value(uid: str) -> bytes:
+    """A UI value as encoded: ASCII, padded with NUL to even length (PS3.5 6.2)."""
+    return _pad(uid.encode("ascii"), b"\x00")
 
 
 def _short(elem: int, vr: bytes, value: bytes) -> bytes:
@@ -32,10 +37,10 @@ def file_meta_bytes(
     body = b"".join(
         (
             struct.pack("<HH2sHI", 0x0002, 0x0001, b"OB", 0, 2) + b"\x00\x01",
-            _short(0x0002, b"UI", _pad(sop_class.encode("ascii"), b"\x00")),
-            _short(0x0003, b"UI", _pad(sop_instance.encode("ascii"), b"\x00")),
-            _short(0x0010, b"UI", _pad(transfer_syntax.encode("ascii"), b"\x00")),
-            _short(0x0012, b"UI", _pad(IMPLEMENTATION_CLASS_UID.encode("ascii"), b"\x00")),
+            _short(0x0002, b"UI", uid_value(sop_class)),
+            _short(0x0003, b"UI", uid_value(sop_instance)),
+            _short(0x0010, b"UI", uid_value(transfer_syntax)),
+            _short(0x0012, b"UI", uid_value(IMPLEMENTATION_CLASS_UID)),
             _short(0x0013, b"SH", _pad(IMPLEMENTATION_VERSION.encode("ascii"), b" ")),
             _short(0x0016, b"AE", _pad(source_ae.strip().encode("ascii", "replace"), b" "))
             if source_ae.strip()

@@ -50,6 +50,15 @@ def validate(
     return uids.study, uids.sop_instance
 
 
+def _refusal_for(exc: Exception) -> tuple[int, str]:
+    """The status and log reason for a spool that is full or failed to write."""
+    if isinstance(exc, SpoolFullError):
+        return status.OUT_OF_RESOURCES, "spool below its free-space mark"
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return status.OUT_OF_RESOURCES, "spool file system full"
+    return status.SPOOL_WRITE_FAILED, f"spool write error {getattr(exc, 'errno', None)}"
+
+
 class IncomingInstance:
     """Receives one instance into ``spool``; ``finish`` returns the status to answer."""
 
@@ -110,13 +119,7 @@ class IncomingInstance:
     # -- internals -------------------------------------------------------------------------
     def _refuse(self, exc: Exception) -> None:
         self.discard()
-        if isinstance(exc, SpoolFullError) or (
-            isinstance(exc, OSError) and exc.errno == errno.ENOSPC
-        ):
-            self._refusal = (status.OUT_OF_RESOURCES, "spool below its free-space mark")
-        else:
-            code = getattr(exc, "errno", None)
-            self._refusal = (status.SPOOL_WRITE_FAILED, f"spool write error {code}")
+        self._refusal = _refusal_for(exc)
 
     def _finish(self) -> int:
         calling = self.request.calling_ae
@@ -141,10 +144,8 @@ class IncomingInstance:
             )
             return exc.status
         except OSError as exc:
-            code = (
-                status.OUT_OF_RESOURCES if exc.errno == errno.ENOSPC else status.SPOOL_WRITE_FAILED
-            )
-            log.error("C-STORE from %s refused 0x%04X: spool error %s", calling, code, exc.errno)
+            code, reason = _refusal_for(exc)
+            log.error("C-STORE from %s refused 0x%04X: %s", calling, code, reason)
             return code
         finally:
             self.discard()  # after a commit there is nothing left to discard
