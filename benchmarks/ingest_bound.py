@@ -6,7 +6,7 @@ costs add up. This measures, on this machine, in one run:
 * storescu + dcmtk ``storescp --ignore`` (receives and answers, stores nothing): the cost of
   the sender and of a near-ideal receiver;
 * storescu + dcmtk ``storescp`` writing to disk (the ingest benchmark's peer);
-* the durable write of one instance alone, exactly as our spool does it (temp file, write,
+* the durable write of one instance alone, by the spool's own code (temp file, write,
   fsync, rename into the study directory, directory fsync), on the spool's filesystem;
 
 and prints the floor's per-instance budget (0.8x storescp) next to "ideal receiver + durable
@@ -29,22 +29,19 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.ingest import send  # noqa: E402
 from node.synthetic import synthetic_ct_study, write_study  # noqa: E402
-from scp.fsutil import fsync_dir, write_file  # noqa: E402
+from scp.spool import Spool  # noqa: E402
 from tests.peers import StoreSCP, require_tool  # noqa: E402
 
 
 def durable_writes(data: bytes, where: Path, n: int) -> float:
-    """Seconds per instance for the spool's write protocol."""
-    tmp, study = where / "tmp", where / "study"
-    tmp.mkdir()
-    study.mkdir()
+    """Seconds per instance for the spool's own durable store (temp file, write, fsync,
+    rename into the study directory, directory fsync): ``Spool.store`` itself."""
+    spool = Spool(where / "spool", lambda uid: uid, fsync=True)
+    spool.store("1.2.3", "1.2.3.0", data)  # the study directory exists, as mid-study
     os.sync()
     t0 = time.perf_counter()
     for i in range(n):
-        part = tmp / f"{i}.part"
-        write_file(part, data, sync=True)
-        os.replace(part, study / f"{i}.dcm")
-        fsync_dir(study)
+        spool.store("1.2.3", f"1.2.3.{i + 1}", data)
     return (time.perf_counter() - t0) / n
 
 

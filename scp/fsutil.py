@@ -11,7 +11,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["Bytes", "fsync_dir", "nbytes", "write_all", "write_file"]
+__all__ = ["Bytes", "fsync_dir", "nbytes", "write_all"]
 
 Bytes = bytes | bytearray | memoryview | Sequence[bytes | bytearray | memoryview]
 """One buffer, or several written in order (so a header and a body need no concatenation)."""
@@ -47,14 +47,3 @@ def write_all(fd: int, data: Bytes) -> None:
             parts.pop(0)
         if parts:
             parts[0] = parts[0][n:]
-
-
-def write_file(path: Path, data: Bytes, *, sync: bool = True) -> None:
-    """Create ``path`` (must not exist) holding ``data``, fsynced when ``sync``."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        write_all(fd, data)
-        if sync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
