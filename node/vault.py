@@ -29,11 +29,18 @@ from pydicom.dataset import Dataset
 
 from node.keys import load_or_create_secret
 
-__all__ = ["VAULT_KEY_FILE", "IdentifierVault", "VaultError", "VaultRecord"]
+__all__ = [
+    "RELINK_KEYWORDS",
+    "VAULT_KEYWORDS",
+    "VAULT_KEY_FILE",
+    "IdentifierVault",
+    "VaultError",
+    "VaultRecord",
+]
 
 VAULT_KEY_FILE = "vault.key"
 
-_RELINK_KEYWORDS = (
+RELINK_KEYWORDS = (
     "PatientID",
     "PatientName",
     "PatientBirthDate",
@@ -47,6 +54,11 @@ _RELINK_KEYWORDS = (
     "StudyDescription",
     "ReferringPhysicianName",
 )
+"""Patient and study attributes written back into a result (``relink_dataset``)."""
+
+VAULT_KEYWORDS = (*RELINK_KEYWORDS, "OtherPatientIDs")
+"""What de-identification keeps here, encrypted: the re-link attributes, plus Other Patient IDs
+for the record (not written back into results)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS vault (
@@ -181,7 +193,7 @@ class IdentifierVault:
         Series/SOP Instance UIDs.
         """
         record = self.relink(study_pseudonym)
-        for kw in _RELINK_KEYWORDS:
+        for kw in RELINK_KEYWORDS:
             if kw in record:
                 setattr(ds, kw, record[kw])
             elif kw in ds:

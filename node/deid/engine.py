@@ -45,6 +45,7 @@ from node.deid.table import CompiledProfile, compile_profile
 from node.deid.temporal import cap_age, shift_multi
 from node.deid.tokens import ScrubberFactory
 from node.pseudonym import Pseudonymizer
+from node.vault import VAULT_KEYWORDS
 
 __all__ = ["DeidResult", "Deidentifier", "EventCallback"]
 
@@ -111,24 +112,7 @@ _CODED_KEYWORDS = frozenset(
 )
 # Code meanings come from terminologies; only the instance's own identifiers are removed.
 _CODE_MEANING_KEYWORDS = frozenset({"CodeMeaning", "MappingResourceName"})
-_VAULT_TAGS = tuple(
-    (kw, int(tag_for_keyword(kw) or 0))
-    for kw in (
-        "PatientID",
-        "PatientName",
-        "PatientBirthDate",
-        "PatientSex",
-        "IssuerOfPatientID",
-        "OtherPatientIDs",
-        "AccessionNumber",
-        "StudyInstanceUID",
-        "StudyID",
-        "StudyDate",
-        "StudyTime",
-        "StudyDescription",
-        "ReferringPhysicianName",
-    )
-)
+_VAULT_TAGS = tuple((kw, int(tag_for_keyword(kw) or 0)) for kw in VAULT_KEYWORDS)
 
 
 @dataclass(frozen=True)
