@@ -41,6 +41,21 @@ TOL = 1e-3
 
 
 # ------------------------------------------------------------------ models
+def save_model(path: Path, name: str, nodes: list[Any], inits: list[Any], side: int) -> None:
+    """One image input ``[N, 1, side, side]``, one output ``prob``; checked, opset 13."""
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, side, side])],
+        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", 1])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
 def build_model(path: Path, side: int, kernel: int, channels: int, hidden: int, seed: int) -> None:
     """Conv(k, stride k) -> x*x -> Flatten -> Gemm -> x*x -> Gemm(->1) -> Sigmoid."""
     rng = np.random.default_rng(seed)
@@ -71,17 +86,7 @@ def build_model(path: Path, side: int, kernel: int, channels: int, hidden: int, 
         helper.make_node("Gemm", ["h2", "w3", "b3"], ["z"], transB=1, name="fc2"),
         helper.make_node("Sigmoid", ["z"], ["prob"], name="sig"),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "tiny",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, side, side])],
-        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", 1])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+    save_model(path, "tiny", nodes, inits, side)
 
 
 def build_mlp(path: Path, side: int, hidden: int, seed: int) -> None:
@@ -102,17 +107,7 @@ def build_mlp(path: Path, side: int, hidden: int, seed: int) -> None:
         helper.make_node("Gemm", ["h2", "w2", "b2"], ["z"], transB=1, name="fc2"),
         helper.make_node("Sigmoid", ["z"], ["prob"], name="sig"),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "mlp",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, side, side])],
-        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", 1])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+    save_model(path, "mlp", nodes, inits, side)
 
 
 def write_model_package(
