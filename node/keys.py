@@ -12,6 +12,8 @@ import secrets
 import stat
 from pathlib import Path
 
+from scp.fsutil import fsync_dir, write_all
+
 __all__ = ["KeyFileError", "load_or_create_secret", "read_secret_file", "write_secret_file"]
 
 
@@ -40,7 +42,7 @@ def write_secret_file(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.write(fd, data)
+        write_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -48,11 +50,7 @@ def write_secret_file(path: Path, data: bytes) -> None:
         os.link(tmp, path)  # atomic, and fails if another process won the race
     finally:
         tmp.unlink()
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    fsync_dir(path.parent)
 
 
 def load_or_create_secret(path: Path, nbytes: int = 32) -> bytes:

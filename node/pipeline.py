@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -44,6 +43,7 @@ from node.rules import RuleMatch, evaluate, series_selected
 from node.sr import as_outputs, build_result_objects, write_dataset_atomic
 from node.vault import IdentifierVault
 from scp import StorageSender
+from scp.fsutil import atomic_write
 from secure_infer.manifest import Manifest
 from secure_infer.preprocess import preprocess_for_manifest
 
@@ -93,19 +93,8 @@ class StepStore:
         return data
 
     def put(self, name: str, data: Mapping[str, Any]) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        final = self.path(name)
-        tmp = final.with_name(f".{final.name}.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-        dfd = os.open(self.root, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        text = json.dumps(data, sort_keys=True)
+        atomic_write(self.path(name), text.encode("utf-8"), mode=0o666)
 
 
 def _sha256_file(path: Path) -> str:

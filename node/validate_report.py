@@ -19,8 +19,8 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from node.deid.batch import write_atomic
 from node.validate import ValidationResult
+from scp.fsutil import atomic_write
 
 __all__ = ["REPORT_FILES", "render_markdown", "report_dict", "write_report"]
 
@@ -234,9 +234,9 @@ def write_report(result: ValidationResult, out_dir: Path) -> dict[str, Any]:
     """Write the four report files into ``out_dir`` (created if needed); returns the JSON data."""
     out_dir.mkdir(parents=True, exist_ok=True)
     data = report_dict(result)
-    write_atomic(out_dir / "roc.png", roc_png(result))
-    write_atomic(out_dir / "calibration.png", calibration_png(result))
-    write_atomic(out_dir / "report.md", render_markdown(data).encode())
+    atomic_write(out_dir / "roc.png", roc_png(result), mode=0o644)
+    atomic_write(out_dir / "calibration.png", calibration_png(result), mode=0o644)
+    atomic_write(out_dir / "report.md", render_markdown(data).encode(), mode=0o644)
     text = json.dumps(data, indent=2, allow_nan=False) + "\n"
-    write_atomic(out_dir / "report.json", text.encode())
+    atomic_write(out_dir / "report.json", text.encode(), mode=0o644)
     return data

@@ -8,10 +8,11 @@ both fsynced, in this order.
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["Bytes", "fsync_dir", "nbytes", "write_all"]
+__all__ = ["Bytes", "atomic_write", "fsync_dir", "nbytes", "write_all"]
 
 Bytes = bytes | bytearray | memoryview | Sequence[bytes | bytearray | memoryview]
 """One buffer, or several written in order (so a header and a body need no concatenation)."""
@@ -47,3 +48,27 @@ def write_all(fd: int, data: Bytes) -> None:
             parts.pop(0)
         if parts:
             parts[0] = parts[0][n:]
+
+
+def atomic_write(path: Path, data: Bytes, *, mode: int = 0o600, sync: bool = True) -> None:
+    """Replace ``path`` with ``data`` so a crash leaves the old file or the whole new one.
+
+    Temp file beside ``path`` (created with ``mode``, subject to the umask), write, fsync,
+    rename over ``path``, fsync the directory; with ``sync=False`` the same without the fsyncs.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        try:
+            write_all(fd, data)
+            if sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if sync:
+        fsync_dir(path.parent)

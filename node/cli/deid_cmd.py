@@ -15,10 +15,11 @@ from pathlib import Path
 from node.config import load_config
 from node.config.model import NodeConfig
 from node.deid import Deidentifier, DeidKeys, OptionError, parse_options
-from node.deid.batch import deidentify_tree, write_atomic, write_mapping_csv
+from node.deid.batch import deidentify_tree, write_mapping_csv
 from node.keys import load_or_create_secret
 from node.logsetup import configure_logging
 from node.vault import VAULT_KEY_FILE, IdentifierVault
+from scp.fsutil import atomic_write
 
 __all__ = ["register"]
 
@@ -100,7 +101,7 @@ def _deid(args: argparse.Namespace) -> int:
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(["path", "reason"])
         writer.writerows(summary.problems)
-        write_atomic(args.map_out / "skipped.csv", buf.getvalue().encode("utf-8"), mode=0o600)
+        atomic_write(args.map_out / "skipped.csv", buf.getvalue().encode("utf-8"), mode=0o600)
     print(
         f"deid: files={summary.files} written={summary.written} blocked={summary.blocked} "
         f"skipped={summary.skipped} errors={summary.errors} options={','.join(options.names())}"

@@ -11,7 +11,6 @@ import csv
 import io
 import logging
 import os
-import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +19,9 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from node.deid.engine import Deidentifier
+from scp.fsutil import atomic_write
 
-__all__ = ["BatchSummary", "deidentify_tree", "iter_files", "write_atomic", "write_mapping_csv"]
+__all__ = ["BatchSummary", "deidentify_tree", "iter_files", "write_mapping_csv"]
 
 log = logging.getLogger(__name__)
 
@@ -49,23 +49,6 @@ def iter_files(root: Path) -> Iterator[Path]:
             yield Path(dirpath) / name
 
 
-def write_atomic(path: Path, data: bytes, *, mode: int = 0o644, fsync: bool = True) -> None:
-    """Write ``data`` to ``path`` via temp file + fsync + rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            if fsync:
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_mapping_csv(path: Path, mapping: dict[str, str]) -> None:
     """``id_old,id_new`` rows, mode 0600 (the file holds PHI)."""
     buf = io.StringIO()
@@ -73,7 +56,7 @@ def write_mapping_csv(path: Path, mapping: dict[str, str]) -> None:
     writer.writerow(["id_old", "id_new"])
     for old, new in sorted(mapping.items()):
         writer.writerow([old, new])
-    write_atomic(path, buf.getvalue().encode("utf-8"), mode=0o600)
+    atomic_write(path, buf.getvalue().encode("utf-8"), mode=0o600)
     os.chmod(path, 0o600)
 
 
@@ -105,7 +88,7 @@ def deidentify_tree(
                 continue
             buf = io.BytesIO()
             result.dataset.save_as(buf, enforce_file_format=False)
-            write_atomic(out_dir / rel, buf.getvalue(), fsync=fsync)
+            atomic_write(out_dir / rel, buf.getbuffer(), mode=0o644, sync=fsync)
         except Exception as exc:  # one bad file must not stop the run
             summary.errors += 1
             summary.problems.append((str(rel), f"error: {type(exc).__name__}"))

@@ -6,8 +6,7 @@ crash leaves either the old file or the complete new one, never half an SR.
 
 from __future__ import annotations
 
-import os
-import secrets
+import io
 from pathlib import Path
 
 import pydicom
@@ -15,29 +14,16 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from node.sr.errors import SrError
+from scp.fsutil import atomic_write
 
 __all__ = ["read_source_dir", "write_dataset_atomic"]
 
 
 def write_dataset_atomic(ds: Dataset, path: str | Path) -> None:
     """Save ``ds`` as a DICOM file at ``path`` (temp file, fsync, rename, fsync folder)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            ds.save_as(fh, enforce_file_format=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dfd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    atomic_write(Path(path), buf.getbuffer(), mode=0o666)
 
 
 def read_source_dir(folder: str | Path) -> tuple[list[Dataset], int]:
