@@ -29,7 +29,6 @@ import json
 import math
 import os
 import re
-import secrets
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from node.config import NodeConfig
 from node.keys import load_or_create_secret
+from scp.fsutil import atomic_write
 
 __all__ = [
     "FORMAT_VERSION",
@@ -293,28 +293,6 @@ def load_public_key(path: str | Path) -> Ed25519PublicKey:
     return key
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, data: bytes, mode: int, fsync: bool) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.write(fd, data)
-        if fsync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    if fsync:
-        _fsync_dir(path.parent)
-
-
 def _read_tail(fd: int, size: int) -> tuple[bytes, int]:
     """The last line of the file (without newline) and the offset where it starts."""
     end = size
@@ -390,7 +368,7 @@ class AuditLedger:
                     " with another key (rotate by starting a new ledger file)"
                 )
             return
-        _atomic_write(pub, pem, 0o644, self._fsync)
+        atomic_write(pub, pem, mode=0o644, sync=self._fsync)
 
     def append(
         self,
@@ -455,7 +433,7 @@ class AuditLedger:
         if self._fsync:
             os.fsync(fd)
         head = {"seq": seq, "hash": h, "signature": sig}
-        _atomic_write(self.head_path, canonical_json(head) + b"\n", 0o640, self._fsync)
+        atomic_write(self.head_path, canonical_json(head) + b"\n", mode=0o640, sync=self._fsync)
         return entry
 
 
