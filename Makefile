@@ -19,7 +19,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check node scp secure_infer tests benchmarks
+	$(VENV)/bin/ruff check durable_io node scp secure_infer tests benchmarks
 	$(VENV)/bin/mypy
 
 bench-ingest: $(STAMP)

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from node.deid import Deidentifier, DeidKeys  # noqa: E402
-from tests.phi_corpus import _PEOPLE, PatientPlant, _ct, _uid  # noqa: E402
+from tests.support.phi_corpus import _PEOPLE, PatientPlant, _ct, _uid  # noqa: E402
 
 FULLER = (
     "retain_long_modified_dates",

@@ -1,10 +1,10 @@
 """End-to-end latency: a 10-image study from C-STORE to the SR stored in the PACS.
 
-Runs the real deployment of ``node.stack.Stack`` (vendor peer in another process over mutual TLS,
-Orthanc as the PACS when installed, the node with a 5 s completion timer) and sends two 10-image
-studies one after the other: the first is the cold start (CKKS key generation and the one-time
-public-context upload happen inside it), the second the steady state. Prints the per-step
-breakdown of each from the node's own Prometheus histograms. The issue's floor: <= 15 s.
+Runs the real deployment of ``node.demo.stack.Stack`` (vendor peer in another process over
+mutual TLS, Orthanc as the PACS when installed, the node with a 5 s completion timer) and sends
+two 10-image studies one after the other: the first is the cold start (CKKS key generation and
+the one-time public-context upload happen inside it), the second the steady state. Prints the
+per-step breakdown of each from the node's own Prometheus histograms. The issue's floor: <= 15 s.
 
     python benchmarks/e2e.py [--images 10] [--quiet 5]
 """
@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from node.phantom_study import phantom_cr_study
-from node.stack import Stack
+from node.demo.phantom_study import phantom_cr_study
+from node.demo.stack import Stack
 
 STEPS = ("rules", "deid", "preprocess", "encrypt", "vendor", "decrypt", "sr_build", "deliver")
 

@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import onnx
 import onnxruntime as ort
 
-from secure_infer.modelzoo import demo_architecture
 from secure_infer.session import HospitalSession, PublicContext, VendorModel
+from tests.support.modelzoo import demo_architecture
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "secure_infer" / "models" / "demo-lesion" / "manifest.yaml"

@@ -32,8 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 from node.config import NodeConfig, parse_model  # noqa: E402
 from node.service import NodeService  # noqa: E402
-from node.synthetic import synthetic_ct_study, write_study  # noqa: E402
-from tests.peers import Orthanc, StoreSCP, free_port, peer_env  # noqa: E402
+from tests.support.peers import Orthanc, StoreSCP, free_port, peer_env  # noqa: E402
+from tests.support.synthetic import synthetic_ct_study, write_study  # noqa: E402
 
 OURS = "BlindRead SCP (fsync on)"
 STORESCP = "dcmtk storescp (disk)"

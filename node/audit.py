@@ -40,9 +40,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from durable_io import atomic_write
 from node.config import NodeConfig
 from node.keys import load_or_create_secret
-from scp.fsutil import atomic_write
 
 __all__ = [
     "FORMAT_VERSION",

@@ -16,9 +16,9 @@ import shutil
 import uuid
 from pathlib import Path
 
+from durable_io import fsync_dir
 from node.jobs import Job, JobStore
 from scp import Spool
-from scp.fsutil import fsync_dir
 
 __all__ = ["Intake"]
 

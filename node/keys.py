@@ -12,7 +12,7 @@ import secrets
 import stat
 from pathlib import Path
 
-from scp.fsutil import fsync_dir, write_all
+from durable_io import fsync_dir, write_all
 
 __all__ = ["KeyFileError", "load_or_create_secret", "read_secret_file", "write_secret_file"]
 

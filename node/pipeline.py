@@ -31,6 +31,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
+from durable_io import atomic_write
 from node.audit import AuditKind, AuditLedger
 from node.config import NodeConfig
 from node.config.routes import ForwardAction, InferAction
@@ -43,7 +44,6 @@ from node.rules import RuleMatch, evaluate, series_selected
 from node.sr import as_outputs, build_result_objects, write_dataset_atomic
 from node.vault import IdentifierVault
 from scp import StorageSender
-from scp.fsutil import atomic_write
 from secure_infer.manifest import Manifest
 from secure_infer.preprocess import preprocess_for_manifest
 

@@ -19,8 +19,8 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from durable_io import atomic_write
 from node.validate import ValidationResult
-from scp.fsutil import atomic_write
 
 __all__ = ["REPORT_FILES", "render_markdown", "report_dict", "write_report"]
 

@@ -19,11 +19,11 @@ import errno
 import logging
 from collections.abc import Callable
 
+from durable_io import Bytes, nbytes
 from scp import status
 from scp.errors import InvalidInstanceError, SpoolFullError
 from scp.fastpath import StoreRequest
 from scp.filemeta import file_meta_bytes
-from scp.fsutil import Bytes, nbytes
 from scp.spool import PartialInstance, Spool
 from scp.walk import MalformedDatasetError, walk_dataset
 

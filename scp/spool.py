@@ -29,8 +29,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from durable_io import Bytes, fsync_dir, nbytes, write_all
 from scp.errors import SpoolFullError
-from scp.fsutil import Bytes, fsync_dir, nbytes, write_all
 from scp.settings import LogId
 
 __all__ = ["PartialInstance", "Spool", "SpooledStudy", "StoredInstance"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.peers import Orthanc
+from tests.support.peers import Orthanc
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import io
 import sys
 from pathlib import Path
 
+from durable_io import atomic_write
 from node.config import load_config
 from node.config.model import NodeConfig
 from node.deid import Deidentifier, DeidKeys, OptionError, parse_options
@@ -19,7 +20,6 @@ from node.deid.batch import deidentify_tree, write_mapping_csv
 from node.keys import load_or_create_secret
 from node.logsetup import configure_logging
 from node.vault import VAULT_KEY_FILE, IdentifierVault
-from scp.fsutil import atomic_write
 
 __all__ = ["register"]
 

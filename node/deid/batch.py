@@ -18,8 +18,8 @@ from pathlib import Path
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from durable_io import atomic_write
 from node.deid.engine import Deidentifier
-from scp.fsutil import atomic_write
 
 __all__ = ["BatchSummary", "deidentify_tree", "iter_files", "write_mapping_csv"]
 

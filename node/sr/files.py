@@ -13,8 +13,8 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from durable_io import atomic_write
 from node.sr.errors import SrError
-from scp.fsutil import atomic_write
 
 __all__ = ["read_source_dir", "write_dataset_atomic"]
 

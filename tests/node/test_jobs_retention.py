@@ -1,0 +1,76 @@
+"""Retention: files of finished jobs are deleted after node.keep_finished_jobs_days; the job
+record stays; failed (quarantined) jobs are never touched; the CLI does the same on demand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from node.cli import main
+from node.demo.phantom_study import phantom_cr_study
+from node.intake import Intake
+from node.jobs import JobStore
+from node.pseudonym import Pseudonymizer
+from node.runner import JobRunner
+from scp import SenderSettings, Spool
+
+DAY = 86400.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _job(tmp: Path, spool: Spool, intake: Intake, seed: int) -> int:
+    ds = phantom_cr_study([False], seed=seed, size=32)[0]
+    path = tmp / "x.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    spool.store(str(ds.StudyInstanceUID), str(ds.SOPInstanceUID), path.read_bytes())
+    job = intake.claim(spool.study_key(str(ds.StudyInstanceUID)))
+    assert job is not None
+    return job.id
+
+
+def test_finished_job_files_are_deleted_after_the_retention_period(tmp_path: Path) -> None:
+    clock = Clock()
+    spool = Spool(tmp_path / "spool", Pseudonymizer(b"k" * 32).study, fsync=False)
+    store = JobStore(tmp_path / "jobs.sqlite", clock=clock)
+    intake = Intake(spool, store, tmp_path / "jobs", tmp_path / "quarantine")
+    done_id = _job(tmp_path, spool, intake, 1)
+    failed_id = _job(tmp_path, spool, intake, 2)
+
+    def action(job: object) -> None:
+        if getattr(job, "id", None) == failed_id:
+            raise RuntimeError("PACS down")
+
+    runner = JobRunner(store, intake, action, SenderSettings(max_attempts=1))
+    runner.run_once()
+    runner.run_once()
+    done, failed = store.get(done_id), store.get(failed_id)
+    assert done is not None and done.state == "done" and done.dir.is_dir()
+    assert failed is not None and failed.state == "failed" and failed.dir.is_dir()
+
+    clock.now += 6 * DAY
+    assert intake.purge_done(7 * DAY) == 0 and done.dir.is_dir()
+    clock.now += 2 * DAY
+    assert intake.purge_done(7 * DAY) == 1
+    after = store.get(done_id)
+    assert after is not None and after.state == "done" and after.files == ()
+    assert not done.dir.exists()
+    assert failed.dir.is_dir() and len(list(failed.dir.iterdir())) == 1  # quarantine kept
+    assert intake.purge_done(7 * DAY) == 0  # idempotent
+    store.close()
+
+
+def test_cli_purge(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "node.yaml"
+    cfg.write_text(yaml.safe_dump({"node": {"state_dir": str(tmp_path / "state")}}))
+    assert main(["jobs", "purge", "--config", str(cfg), "--older-than", "7"]) == 0
+    assert "deleted the files of 0 finished job(s)" in capsys.readouterr().out
+    assert main(["jobs", "purge", "--config", str(cfg), "--older-than", "0"]) == 2
