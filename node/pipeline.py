@@ -142,9 +142,9 @@ class Pipeline:
         sender: StorageSender,
         backends: Callable[[str], InferenceBackend],
         uid_key: bytes,
+        jobs: JobStore,
         audit: AuditLedger | None = None,
         metrics: NodeMetrics | None = None,
-        jobs: JobStore | None = None,
     ) -> None:
         self.cfg = cfg
         self.pseudonyms = pseudonyms
@@ -175,7 +175,7 @@ class Pipeline:
         replaces the first result instead of describing only the late images.
         """
         files: dict[str, Path] = {}
-        earlier = self.jobs.earlier_done(job) if self.jobs is not None else []
+        earlier = self.jobs.earlier_done(job)
         for other in [*earlier, job]:
             for path in other.paths:
                 if path.exists():

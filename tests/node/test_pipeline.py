@@ -112,6 +112,7 @@ def _setup(tmp: Path, cfg: NodeConfig, backend: LocalBackend, lesions: list[bool
         sender=sender,
         backends=lambda name: backend,
         uid_key=KEY,
+        jobs=store,
         metrics=NodeMetrics(),
     )
     return study, store, intake, job, pipeline, sends
@@ -213,7 +214,6 @@ def test_late_images_make_a_second_job_whose_sr_covers_the_whole_study(
     with EmbeddedPacs(tmp_path / "pacs") as pacs:
         cfg = _cfg(tmp_path, pacs.dicom_port)
         study, store, intake, job1, pipeline, _ = _setup(tmp_path, cfg, backend, [False, False])
-        pipeline.jobs = store
         runner = JobRunner(store, intake, pipeline, sender_settings(cfg))
         done1 = runner.run_once()
         assert done1 is not None and done1.id == job1.id and done1.state == "done"
