@@ -3,12 +3,12 @@
 The path is the production one minus PACS and SR: read each labeled DICOM file, apply the
 manifest's public preprocessing, encrypt, send ciphertexts to the configured vendor peer
 (:class:`node.vendors.VendorBackends`, mutual TLS), decrypt, and compare the probabilities with
-the labels (:mod:`node.validate_stats`). Nothing but ciphertexts and the public context leaves
-the hospital; the report (:mod:`node.validate_report`) names cases by keyed pseudonym and by
+the labels (:mod:`node.validate.stats`). Nothing but ciphertexts and the public context leaves
+the hospital; the report (:mod:`node.validate.report`) names cases by keyed pseudonym and by
 the relative path the curator chose, never by patient name, ID or UID.
 
 Errors are split by who must act: :class:`ValidateUsageError` (and
-:class:`node.validate_labels.LabelError`) mean the admin's input is wrong (exit 2);
+:class:`node.validate.labels.LabelError`) mean the admin's input is wrong (exit 2);
 :class:`ValidateInferenceError` means preprocessing or the vendor link failed (exit 1).
 """
 
@@ -32,8 +32,8 @@ from node.config import NodeConfig
 from node.keys import KeyFileError, load_or_create_secret
 from node.pipeline import InferenceBackend
 from node.pseudonym import Pseudonymizer
-from node.validate_labels import LabeledCase, read_labels, scan_dicom_files
-from node.validate_stats import (
+from node.validate.labels import LabeledCase, read_labels, scan_dicom_files
+from node.validate.stats import (
     BootstrapInterval,
     CalibrationBin,
     Confusion,
