@@ -2,7 +2,9 @@
 
 Validation must measure the preprocessing production uses, so both call :func:`preprocess_file`:
 the first frame, which must be one greyscale frame, through the manifest's public
-preprocessing with the file's rescale and photometric interpretation.
+preprocessing with the file's rescale and photometric interpretation. Every reason a file
+cannot become the model's input is a :class:`secure_infer.PreprocessError` (validation lists
+them by type; a job records the type only, since a message may quote a header value).
 """
 
 from __future__ import annotations
@@ -14,20 +16,20 @@ import numpy.typing as npt
 import pydicom
 from pydicom.dataset import Dataset
 
-from node.jobs import JobError
-from secure_infer import Manifest, preprocess_for_manifest
+from secure_infer import Manifest, PreprocessError, preprocess_for_manifest
 
 __all__ = ["first_frame", "preprocess_file"]
 
 
 def first_frame(ds: Dataset) -> np.ndarray:
-    """The first frame of ``ds``'s pixel data; :class:`JobError` unless one greyscale frame."""
+    """The first frame of ``ds``'s pixel data; :class:`PreprocessError` unless one greyscale
+    frame."""
     arr = ds.pixel_array
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:
         arr = arr[0]
     if arr.ndim != 2:
-        raise JobError(f"pixel data of shape {arr.shape} is not one greyscale frame")
+        raise PreprocessError(f"pixel data of shape {arr.shape} is not one greyscale frame")
     return np.asarray(arr)
 
 
