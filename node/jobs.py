@@ -50,7 +50,7 @@ class JobError(Exception):
 def describe_error(exc: BaseException) -> str:
     """PHI-free text for ``last_error``: our own error types carry vetted messages, others
     only their type name (an arbitrary exception message might quote a dataset)."""
-    from scp.errors import ScpError
+    from scp import ScpError
 
     if isinstance(exc, (JobError, ScpError)):
         return f"{type(exc).__name__}: {exc}"[:500]

@@ -14,6 +14,7 @@ _WHERE = {
     "Manifest": "manifest",
     "ManifestError": "manifest",
     "load_manifest": "manifest",
+    "OutputLabel": "manifest",
     # errors
     "CiphertextError": "errors",
     "CompileError": "errors",
@@ -42,6 +43,10 @@ _WHERE = {
     "ServerSettings": "server",
     "TlsFiles": "server",
     "serve": "server",
+    "create_ca": "certs",
+    "issue_client_cert": "certs",
+    "issue_server_cert": "certs",
+    "dicom_like_phantom": "demo.phantoms",
 }
 
 __all__ = sorted(_WHERE)

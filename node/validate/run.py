@@ -47,7 +47,7 @@ from node.validate.stats import (
     confusion_at,
     roc_curve,
 )
-from secure_infer.manifest import Manifest, OutputLabel
+from secure_infer import Manifest, OutputLabel
 
 __all__ = [
     "CaseResult",
