@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from node.errors import NodeError
+
 __all__ = ["STATES", "Job", "JobError", "JobStore", "describe_error"]
 
 STATES = ("claiming", "queued", "running", "done", "failed")
@@ -43,7 +45,7 @@ CREATE INDEX IF NOT EXISTS jobs_due ON jobs (state, next_attempt_at);
 """
 
 
-class JobError(Exception):
+class JobError(NodeError):
     """A job step failed with a message that is safe to store and log (no PHI)."""
 
 

@@ -30,6 +30,7 @@ import numpy.typing as npt
 
 from node.audit import AuditKind, AuditLedger
 from node.config import NodeConfig
+from node.errors import NodeError
 from node.keys import KeyFileError, load_or_create_secret
 from node.pipeline import InferenceBackend, preprocess_file
 from node.pseudonym import Pseudonymizer
@@ -68,11 +69,11 @@ log = logging.getLogger(__name__)
 BackendFactory = Callable[[str], InferenceBackend]
 
 
-class ValidateUsageError(Exception):
+class ValidateUsageError(NodeError):
     """Bad command line, config or data set (exit code 2)."""
 
 
-class ValidateInferenceError(Exception):
+class ValidateInferenceError(NodeError):
     """Preprocessing or encrypted inference failed (exit code 1)."""
 
 
