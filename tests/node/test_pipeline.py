@@ -19,10 +19,10 @@ from node.deid import DeidKeys
 from node.demo.phantom_study import phantom_cr_study
 from node.demo.stack import DEMO_MODEL_DIR, EmbeddedPacs
 from node.intake import Intake
-from node.jobs import JobStore
+from node.jobs import JobError, JobStore
 from node.metrics import NodeMetrics
 from node.netsettings import sender_settings
-from node.pipeline import Pipeline
+from node.pipeline import Delivered, Inferred, Pipeline, SrBuilt, StepStore
 from node.pseudonym import Pseudonymizer
 from node.runner import JobRunner
 from node.sr import read_result_sr
@@ -234,3 +234,22 @@ def test_late_images_make_a_second_job_whose_sr_covers_the_whole_study(
     report = read_result_sr(second)
     refs = set(report.findings[0].source_sop_instance_uids)
     assert refs == {str(ds.SOPInstanceUID) for ds in [*study, *late]}
+
+
+def test_step_store_reads_back_the_typed_result_and_names_a_damaged_record(
+    tmp_path: Path,
+) -> None:
+    steps = StepStore(tmp_path / "steps")
+    inferred = Inferred(
+        probabilities=((0.25, 0.75),), model_version="1.0", parameters={"he.scheme": "CKKS"},
+        timings={"encrypt": 0.5}, bytes_up=10, bytes_down=20,
+    )  # fmt: skip
+    assert steps.get(Inferred, "r0") is None
+    assert steps.put(inferred, "r0") is inferred
+    assert (tmp_path / "steps" / "r0-inference.json").exists()
+    assert steps.get(Inferred, "r0") == inferred  # tuples come back as tuples
+    steps.put(Delivered(sent=2), "r0", "pacs")
+    assert steps.get(Delivered, "r0", "pacs") == Delivered(sent=2)
+    (tmp_path / "steps" / "r0-sr.json").write_text('{"filez": []}')
+    with pytest.raises(JobError, match=r"r0-sr\.json"):
+        steps.get(SrBuilt, "r0")
