@@ -21,11 +21,11 @@ from collections.abc import Callable
 
 from durable_io import Bytes, nbytes
 from scp import status
+from scp._fastpath import StoreRequest
+from scp._filemeta import file_meta_bytes
+from scp._spool import PartialInstance, Spool
+from scp._walk import MalformedDatasetError, walk_dataset
 from scp.errors import InvalidInstanceError, SpoolFullError
-from scp.fastpath import StoreRequest
-from scp.filemeta import file_meta_bytes
-from scp.spool import PartialInstance, Spool
-from scp.walk import MalformedDatasetError, walk_dataset
 
 __all__ = ["IncomingInstance", "validate"]
 

@@ -200,7 +200,7 @@ def walk_dataset(dataset: bytes | bytearray | memoryview, transfer_syntax: str) 
         walker.dataset(0, len(walker.buf), enc, depth=0, in_item=False)
     finally:
         # Release our view now, even if an exception's traceback keeps this frame alive:
-        # the caller may be about to unmap the buffer (scp.spool.PartialInstance.view).
+        # the caller may be about to unmap the buffer (scp._spool.PartialInstance.view).
         walker.buf.release()
     study, series, sop = walker.uids
     return DatasetUids(study, series, sop, vr_mismatch=mismatch)

@@ -4,9 +4,9 @@ The C-STORE handler only validates and spools; it never waits on later processin
 exception inside it is turned into a failure status by our own ``try`` (pynetdicom would send
 0xC211), so one bad dataset never stops the server.
 
-C-STORE data arrives through :mod:`scp.fastpath` (our reader in pynetdicom's DUL thread) unless
+C-STORE data arrives through :mod:`scp._fastpath` (our reader in pynetdicom's DUL thread) unless
 ``fast_path`` is off; both paths end in :meth:`StorageServer.store_instance`, so statuses,
-validation (:mod:`scp.walk`) and durability are the same either way.
+validation (:mod:`scp._walk`) and durability are the same either way.
 """
 
 from __future__ import annotations
@@ -38,13 +38,13 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from scp import status
-from scp.fastpath import StoreRequest, install
-from scp.incoming import IncomingInstance
-from scp.net import tune_association
-from scp.policy import AssociationPolicy
-from scp.settings import LogId, ScpSettings
-from scp.spool import Spool
-from scp.tls import server_context
+from scp._fastpath import StoreRequest, install
+from scp._incoming import IncomingInstance
+from scp._net import tune_association
+from scp._policy import AssociationPolicy
+from scp._settings import LogId, ScpSettings
+from scp._spool import Spool
+from scp._tls import server_context
 
 __all__ = ["ACCEPTED_TRANSFER_SYNTAXES", "StorageServer"]
 

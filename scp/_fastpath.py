@@ -41,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from scp.filemeta import uid_value
+from scp._filemeta import uid_value
 
 __all__ = [
     "FastReader",
