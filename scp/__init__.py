@@ -20,7 +20,14 @@ from scp._settings import (
 )
 from scp._spool import Spool, SpooledStudy, StoredInstance
 from scp._study import CompletionMonitor
-from scp.errors import InvalidInstanceError, ScpError, SendError, SpoolFullError
+from scp.errors import (
+    InvalidInstanceError,
+    MalformedDatasetError,
+    ProtocolError,
+    ScpError,
+    SendError,
+    SpoolFullError,
+)
 
 __all__ = [
     "ACCEPTED_TRANSFER_SYNTAXES",
@@ -30,6 +37,8 @@ __all__ = [
     "DestinationSettings",
     "InvalidInstanceError",
     "LogId",
+    "MalformedDatasetError",
+    "ProtocolError",
     "Rejection",
     "ScpError",
     "ScpSettings",

@@ -203,14 +203,19 @@ class StorageServer:
 
     def _on_store(self, event: Any) -> int:
         """pynetdicom's C-STORE event (used when the fast path is off or not installed)."""
-        rq = event.request
-        request = StoreRequest(
-            calling_ae=event.assoc.requestor.ae_title.strip(),
-            sop_class_uid=str(rq.AffectedSOPClassUID),
-            sop_instance_uid=str(rq.AffectedSOPInstanceUID),
-            transfer_syntax_uid=str(event.context.transfer_syntax),
-        )
-        return self.store_instance(request, event.encoded_dataset(include_meta=False))
+        try:
+            rq = event.request
+            request = StoreRequest(
+                calling_ae=event.assoc.requestor.ae_title.strip(),
+                sop_class_uid=str(rq.AffectedSOPClassUID),
+                sop_instance_uid=str(rq.AffectedSOPInstanceUID),
+                transfer_syntax_uid=str(event.context.transfer_syntax),
+            )
+            return self.store_instance(request, event.encoded_dataset(include_meta=False))
+        except Exception as exc:  # the same answer the fast path's guard gives, not 0xC211
+            code = status.for_error(exc).status
+            log.exception("C-STORE handler failed; answering 0x%04X", code)
+            return code
 
     def begin(self, request: StoreRequest) -> IncomingInstance:
         """Start receiving one instance (its data set bytes are written as they arrive)."""

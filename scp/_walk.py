@@ -23,7 +23,9 @@ from dataclasses import dataclass
 
 from pydicom.uid import UID
 
-__all__ = ["MAX_INFLATED", "DatasetUids", "MalformedDatasetError", "walk_dataset"]
+from scp.errors import MalformedDatasetError
+
+__all__ = ["MAX_INFLATED", "DatasetUids", "walk_dataset"]
 
 _UNDEFINED = 0xFFFFFFFF
 _ITEM = 0xE000
@@ -38,10 +40,6 @@ _KNOWN_VRS = frozenset(
 )
 _LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
 _UID_SLOTS = {0x0020000D: 0, 0x0020000E: 1, 0x00080018: 2}
-
-
-class MalformedDatasetError(ValueError):
-    """The bytes do not follow the DICOM encoding rules of the negotiated transfer syntax."""
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,8 @@ from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
 from scp import ScpSettings, Spool, StorageServer
-from scp._fastpath import ProtocolError, decode_command, encode_store_rsp, install
+from scp._fastpath import decode_command, encode_store_rsp, install
+from scp.errors import ProtocolError
 from tests.support.peers import free_port, peer_env, require_tool
 from tests.support.synthetic import synthetic_ct_study, write_study
 

@@ -27,7 +27,8 @@ from scp import Spool, status
 from scp._fastpath import StoreRequest
 from scp._incoming import IncomingInstance
 from scp._spool import PartialInstance
-from scp._walk import MalformedDatasetError, walk_dataset
+from scp._walk import walk_dataset
+from scp.errors import MalformedDatasetError
 from tests.scp.test_scp_fastpath import (
     context_id,
     pdata,

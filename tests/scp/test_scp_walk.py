@@ -21,7 +21,8 @@ from pydicom.uid import (
     JPEGBaseline8Bit,
 )
 
-from scp._walk import MalformedDatasetError, walk_dataset
+from scp._walk import walk_dataset
+from scp.errors import MalformedDatasetError
 from tests.scp.test_scp_server import TRUNCATED, pydicom_test_files
 
 
