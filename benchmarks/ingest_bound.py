@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.ingest import send  # noqa: E402
-from scp.spool import Spool  # noqa: E402
+from scp import Spool  # noqa: E402
 from tests.support.peers import StoreSCP, require_tool  # noqa: E402
 from tests.support.synthetic import synthetic_ct_study, write_study  # noqa: E402
 
