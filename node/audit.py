@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from durable_io import atomic_write
 from node.config import NodeConfig
+from node.errors import NodeError
 from node.keys import load_or_create_secret
 
 __all__ = [
@@ -74,7 +75,7 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _HEX128 = re.compile(r"^[0-9a-f]{128}$")
 
 
-class AuditError(Exception):
+class AuditError(NodeError):
     """The ledger cannot be written or read (damaged tail, key mismatch, I/O error)."""
 
 

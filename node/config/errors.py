@@ -12,10 +12,12 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
+from node.errors import NodeError
+
 __all__ = ["ConfigError", "format_loc", "format_validation_error"]
 
 
-class ConfigError(Exception):
+class ConfigError(NodeError):
     """A config file is missing, unreadable, not YAML, or not valid.
 
     ``problems`` lists every problem found (not only the first), one line each.
