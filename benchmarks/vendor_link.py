@@ -1,7 +1,7 @@
 """Encrypted inference through the real vendor link: hospital client -> mTLS -> vendor server.
 
 Starts ``python -m node vendor serve`` on a free loopback port (fresh CA and certificates in a
-temp dir), then measures with :class:`secure_infer.client.VendorClient`: the one-time key
+temp dir), then measures with :class:`secure_infer.hospital.client.VendorClient`: the one-time key
 generation + public-context upload, per-image latency split into encrypt / upload / queue /
 evaluate / download / decrypt, bytes up/down, a batch of 64 images, and the max abs difference
 to onnxruntime on the same inputs.
@@ -30,8 +30,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from secure_infer import certs  # noqa: E402
-from secure_infer.client import ClientSettings, VendorClient  # noqa: E402
+from secure_infer.vendor import certs  # noqa: E402
+from secure_infer.hospital.client import ClientSettings, VendorClient  # noqa: E402
 from secure_infer.manifest import load_manifest  # noqa: E402
 
 

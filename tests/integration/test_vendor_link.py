@@ -29,9 +29,9 @@ import yaml
 from onnx import TensorProto, helper, numpy_helper
 
 from node.demo.localpacs import stop_process
-from secure_infer import certs
+from secure_infer.vendor import certs
 from secure_infer.chain import verify_chain
-from secure_infer.client import ClientSettings, VendorClient, VendorUnavailableError
+from secure_infer.hospital.client import ClientSettings, VendorClient, VendorUnavailableError
 from secure_infer.framing import MEDIA_TYPE, encode_frames
 from secure_infer.wire import H_CONTEXT, H_JOB, new_job_token
 from tests.support.peers import free_port
@@ -468,7 +468,7 @@ def _stored_files(env: Env) -> set[str]:
 
 
 def _sections(env: Env) -> dict[str, bytes]:
-    from secure_infer.session import _unpack_sections
+    from secure_infer.vendor.model import _unpack_sections
 
     return _unpack_sections(_session(env).public_context_bytes())
 
@@ -490,7 +490,7 @@ def test_context_with_secret_key_is_refused_and_not_stored(env: Env) -> None:
     import tenseal as ts
 
     from secure_infer.seal_io import save_bytes
-    from secure_infer.session import _pack_sections
+    from secure_infer.vendor.model import _pack_sections
 
     sess = _session(env)
     sec = _sections(env)
@@ -508,7 +508,7 @@ def test_context_with_secret_key_is_refused_and_not_stored(env: Env) -> None:
 def test_context_with_weak_parameters_is_refused(env: Env) -> None:
     import tenseal.sealapi as seal
 
-    from secure_infer.session import _pack_sections
+    from secure_infer.vendor.model import _pack_sections
 
     sec = _sections(env)
     # N=8192 allows 218 bits of modulus for 128-bit security; this has 220
@@ -519,7 +519,7 @@ def test_context_with_weak_parameters_is_refused(env: Env) -> None:
 def test_context_with_wrong_scheme_is_refused(env: Env) -> None:
     import tenseal.sealapi as seal
 
-    from secure_infer.session import _pack_sections
+    from secure_infer.vendor.model import _pack_sections
 
     sec = _sections(env)
     sec["parms"] = _parms(seal.SCHEME_TYPE.BFV, 8192, [43, 43, 44, 44, 44])
@@ -567,7 +567,7 @@ def test_ciphertext_for_the_wrong_context_is_refused(env: Env) -> None:
     frames = other.encrypt(inputs(1, 8, seed=4))
     _expect(env, _infer_raw(env, frames, tiny_sha), 400, "wrong_context")
     # same parameters, another hospital key: bound to its own context hash, refused as well
-    from secure_infer.session import HospitalSession
+    from secure_infer.vendor.model import HospitalSession
 
     stranger = HospitalSession.create(_session(env).spec, env.keys.parent / "stranger-keys")
     frames = stranger.encrypt(inputs(1, 16, seed=4))

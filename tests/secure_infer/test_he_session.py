@@ -16,7 +16,7 @@ import yaml
 
 from secure_infer.errors import CiphertextError, ContextError, ParameterError
 from secure_infer.seal_io import save_bytes
-from secure_infer.session import HospitalSession, PlanSpec, VendorModel, _pack_sections
+from secure_infer.vendor.model import HospitalSession, PlanSpec, VendorModel, _pack_sections
 from tests.support.modelzoo import build_sequential
 
 
@@ -107,7 +107,7 @@ def test_outputs_rerandomized(pair: tuple[VendorModel, HospitalSession, Path]) -
 
 
 def _sections(hs: HospitalSession) -> dict[str, bytes]:
-    from secure_infer.session import _unpack_sections
+    from secure_infer.vendor.model import _unpack_sections
 
     return _unpack_sections(hs.public_context_bytes())
 

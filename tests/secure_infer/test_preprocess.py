@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from secure_infer.manifest import InputSpec, Preprocessing
-from secure_infer.preprocess import (
+from secure_infer.hospital.preprocess import (
     PreprocessError,
     apply_window,
     min_max,

@@ -22,10 +22,10 @@ from node.cli import main
 from node.config import ConfigError
 from node.config.inference import VendorPeerSection
 from node.config.vendor import load_vendor_config
-from secure_infer import certs
+from secure_infer.vendor import certs
 from secure_infer.chain import ChainError, HashChain, verify_chain
 from secure_infer.framing import FramingError, decode_frames, encode_frames
-from secure_infer.server_store import ContextStore, hospital_namespace
+from secure_infer.vendor._store import ContextStore, hospital_namespace
 from secure_infer.wire import BadRequestError, check_job_token, new_job_token
 from tests.support.peers import require_tool
 
@@ -317,7 +317,7 @@ def test_vendor_serve_refuses_bad_config_and_missing_tls(
 def test_client_gives_up_after_max_attempts_on_connection_errors(tmp_path: Path) -> None:
     import time
 
-    from secure_infer.client import ClientSettings, VendorClient, VendorUnavailableError
+    from secure_infer.hospital.client import ClientSettings, VendorClient, VendorUnavailableError
     from tests.support.peers import free_port
 
     certs.create_ca(tmp_path / "ca")

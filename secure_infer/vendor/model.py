@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import tenseal.sealapi as seal
 
-from secure_infer.compiler import compile_onnx
+from secure_infer.vendor.compiler import compile_onnx
 from secure_infer.errors import (
     CiphertextError,
     CompileError,
@@ -40,7 +40,7 @@ from secure_infer.errors import (
     InferenceError,
     ParameterError,
 )
-from secure_infer.evaluator import PlanEvaluator, make_context
+from secure_infer.vendor.evaluator import PlanEvaluator, make_context
 from secure_infer.manifest import Manifest, load_manifest
 from secure_infer.packing import InputPacking, slots_to_outputs, vectors_to_slots
 from secure_infer.params import CkksParams, check_security, select_params

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from secure_infer.compiler import compile_onnx
+from secure_infer.vendor.compiler import compile_onnx
 from secure_infer.errors import InferenceError
 from secure_infer.manifest import (
     Code,
@@ -27,7 +27,7 @@ from secure_infer.manifest import (
     load_manifest,
 )
 from secure_infer.plan import Plan
-from secure_infer.session import HospitalSession, VendorModel, apply_activations
+from secure_infer.vendor.model import HospitalSession, VendorModel, apply_activations
 
 __all__ = ["register"]
 

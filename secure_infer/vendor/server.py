@@ -34,13 +34,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from secure_infer.certs import cert_common_name, cert_fingerprint
+from secure_infer.vendor.certs import cert_common_name, cert_fingerprint
 from secure_infer.chain import HashChain
 from secure_infer.errors import CiphertextError, InferenceError, ModelNotFoundError
 from secure_infer.framing import MEDIA_TYPE, decode_frames, encode_frames, frames_sha256
-from secure_infer.server_metrics import VendorMetrics, VendorMetricsMiddleware, metrics_endpoint
-from secure_infer.server_pool import EvalPool
-from secure_infer.server_store import ContextStore, hospital_namespace
+from secure_infer.vendor._metrics import VendorMetrics, VendorMetricsMiddleware, metrics_endpoint
+from secure_infer.vendor._pool import EvalPool
+from secure_infer.vendor._store import ContextStore, hospital_namespace
 from secure_infer.wire import (
     API_PREFIX,
     H_CHAIN,
@@ -141,7 +141,7 @@ class VendorServer:
     """State shared by the request handlers: models, context store, pool, chain."""
 
     def __init__(self, settings: ServerSettings) -> None:
-        from secure_infer.session import VendorModel
+        from secure_infer.vendor.model import VendorModel
 
         self.settings = settings
         self.models: dict[str, Any] = {}

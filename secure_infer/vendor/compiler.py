@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from secure_infer.approx import fit_quadratic
+from secure_infer.vendor.approx import fit_quadratic
 from secure_infer.errors import CompileError
 from secure_infer.packing import InputPacking, next_pow2
 from secure_infer.plan import LinearStage, Plan, ReduceStage, SquareStage, Stage
