@@ -1,9 +1,14 @@
-"""``blindread model check MODEL.onnx``: compile, encrypt, evaluate, decrypt, compare.
+"""``python -m secure_infer.vendor model check MODEL.onnx``: compile, encrypt, evaluate, decrypt,
+compare (``blindread model check`` is an alias).
 
 Plays both parties in one process so a vendor (or a hospital evaluating a vendor model) can see,
 before anything is deployed, whether the model compiles to an HE plan, which CKKS parameters it
 gets, how long each step takes, and how far the encrypted outputs are from onnxruntime's.
 Exit codes: 0 within tolerance, 1 outside it, 2 unsupported model or bad input.
+
+The one module that plays both parties, so it lives at the top of secure_infer (it may import
+``hospital`` and ``vendor``; neither of them imports the other). Both imports are deferred to
+:func:`run_model_check`, so building the vendor's parser stays cheap.
 """
 
 from __future__ import annotations
@@ -16,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-from secure_infer.vendor.compiler import compile_onnx
 from secure_infer.errors import InferenceError
 from secure_infer.manifest import (
     Code,
@@ -27,19 +31,17 @@ from secure_infer.manifest import (
     load_manifest,
 )
 from secure_infer.plan import Plan
-from secure_infer.vendor.model import HospitalSession, VendorModel, apply_activations
 
-__all__ = ["register"]
+__all__ = ["MODEL_CHECK_HELP", "add_model_check_arguments", "run_model_check"]
+
+MODEL_CHECK_HELP = (
+    "compile an ONNX model to an HE plan and compare encrypted outputs with onnxruntime"
+)
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("model", help="vendor model tools")
-    msub = p.add_subparsers(dest="model_command", metavar="ACTION")
-    msub.required = True
-    c = msub.add_parser(
-        "check",
-        help="compile an ONNX model to an HE plan and compare encrypted outputs with onnxruntime",
-    )
+def add_model_check_arguments(c: argparse.ArgumentParser) -> None:
+    """Add the arguments of ``model check`` to ``c`` (the vendor CLI's subparser or the node's
+    alias); :func:`run_model_check` is its handler."""
     c.add_argument("model", type=Path, help="ONNX model file")
     c.add_argument("--manifest", type=Path, help="model manifest YAML (input range, outputs)")
     c.add_argument("--samples", type=int, default=8, help="random inputs to try (default 8)")
@@ -49,7 +51,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c.add_argument("--tolerance", type=float, default=1e-3,
                    help="max abs difference of outputs (after the final activation), default 1e-3")
     c.add_argument("--seed", type=int, default=0)
-    c.set_defaults(handler=_check)
 
 
 def _default_manifest(plan: Plan) -> Manifest:
@@ -66,7 +67,12 @@ def _default_manifest(plan: Plan) -> Manifest:
     )
 
 
-def _check(args: argparse.Namespace) -> int:
+def run_model_check(args: argparse.Namespace) -> int:
+    """Run the check for parsed ``args``; returns the exit code."""
+    from secure_infer.hospital.session import HospitalSession, apply_activations
+    from secure_infer.vendor.compiler import compile_onnx
+    from secure_infer.vendor.model import VendorModel
+
     out = sys.stdout
     try:
         manifest = load_manifest(args.manifest) if args.manifest else None

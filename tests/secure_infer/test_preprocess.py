@@ -8,7 +8,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from secure_infer.manifest import InputSpec, Preprocessing
 from secure_infer.hospital.preprocess import (
     PreprocessError,
     apply_window,
@@ -16,6 +15,7 @@ from secure_infer.hospital.preprocess import (
     preprocess,
     resize,
 )
+from secure_infer.manifest import InputSpec, Preprocessing
 
 IN64 = InputSpec(shape=(1, 64, 64), range=(0.0, 1.0))
 
