@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import onnx
 import onnxruntime as ort
 
-from secure_infer.session import HospitalSession, PublicContext, VendorModel
+from secure_infer import HospitalSession, PublicContext, VendorModel
 from tests.support.modelzoo import demo_architecture
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,10 +1,11 @@
 """Encrypted inference through the real vendor link: hospital client -> mTLS -> vendor server.
 
-Starts ``python -m node vendor serve`` on a free loopback port (fresh CA and certificates in a
-temp dir), then measures with :class:`secure_infer.client.VendorClient`: the one-time key
-generation + public-context upload, per-image latency split into encrypt / upload / queue /
-evaluate / download / decrypt, bytes up/down, a batch of 64 images, and the max abs difference
-to onnxruntime on the same inputs.
+Starts ``python -m secure_infer.vendor serve`` on a free loopback port (fresh CA and
+certificates in a temp dir), then measures with
+:class:`secure_infer.hospital.client.VendorClient`: the one-time key generation + public-context
+upload, per-image latency split into encrypt / upload / queue / evaluate / download / decrypt,
+bytes up/down, a batch of 64 images, and the max abs difference to onnxruntime on the same
+inputs.
 
     python benchmarks/vendor_link.py [--manifest secure_infer/models/demo-lesion/manifest.yaml]
 """
@@ -30,9 +31,9 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from secure_infer import certs  # noqa: E402
-from secure_infer.client import ClientSettings, VendorClient  # noqa: E402
+from secure_infer.hospital.client import ClientSettings, VendorClient  # noqa: E402
 from secure_infer.manifest import load_manifest  # noqa: E402
+from secure_infer.vendor import certs  # noqa: E402
 
 
 def _free_port() -> int:
@@ -90,7 +91,10 @@ def main() -> int:
         (tmp / "vendor.yaml").write_text(yaml.safe_dump(cfg))
         log = open(tmp / "vendor.log", "wb")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "node", "vendor", "serve", "--config", str(tmp / "vendor.yaml")],
+            [
+                sys.executable, "-m", "secure_infer.vendor", "serve",
+                "--config", str(tmp / "vendor.yaml"),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=str(ROOT),

@@ -44,8 +44,7 @@ from node.rules import RuleMatch, evaluate, series_selected
 from node.sr import as_outputs, build_result_objects, write_dataset_atomic
 from node.vault import IdentifierVault
 from scp import StorageSender
-from secure_infer.manifest import Manifest
-from secure_infer.preprocess import preprocess_for_manifest
+from secure_infer import Manifest, preprocess_for_manifest
 
 __all__ = ["InferenceBackend", "InferenceOutcome", "Pipeline", "StepStore"]
 

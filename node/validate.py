@@ -46,8 +46,7 @@ from node.validate_stats import (
     confusion_at,
     roc_curve,
 )
-from secure_infer.manifest import Manifest, OutputLabel
-from secure_infer.preprocess import preprocess_for_manifest
+from secure_infer import Manifest, OutputLabel, preprocess_for_manifest
 
 __all__ = [
     "CaseResult",

@@ -16,8 +16,7 @@ import numpy as np
 
 from node.config import NodeConfig
 from node.pipeline import InferenceBackend, InferenceOutcome
-from secure_infer.client import VendorClient
-from secure_infer.manifest import Manifest
+from secure_infer import Manifest, VendorClient
 
 __all__ = ["ClientBackend", "VendorBackends"]
 

@@ -28,12 +28,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from secure_infer.errors import InferenceError
+
 __all__ = ["GENESIS", "ChainError", "HashChain", "entry_hash", "verify_chain"]
 
 GENESIS = "0" * 64
 
 
-class ChainError(Exception):
+class ChainError(InferenceError):
     """The chain file is broken (a link or an entry hash does not match)."""
 
 

@@ -26,7 +26,7 @@ from node.sr import SrError, build_result_sr, load_outputs, read_result_sr
 from node.sr.files import read_source_dir, write_dataset_atomic
 from node.sr.reader import ResultFinding, ResultReport
 from node.sr.summary import build_summary_sc
-from secure_infer.manifest import ManifestError, load_manifest
+from secure_infer import ManifestError, load_manifest
 
 __all__ = ["register"]
 

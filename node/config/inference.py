@@ -10,7 +10,7 @@ from pydantic import Field, field_validator
 from node.config.base import FrozenModel
 
 if TYPE_CHECKING:
-    from secure_infer.client import ClientSettings
+    from secure_infer import ClientSettings
 
 __all__ = ["VendorPeerSection"]
 
@@ -40,7 +40,7 @@ class VendorPeerSection(FrozenModel):
 
     def client_settings(self) -> ClientSettings:
         """The :class:`secure_infer.client.ClientSettings` for this vendor."""
-        from secure_infer.client import ClientSettings
+        from secure_infer import ClientSettings
 
         return ClientSettings(
             url=self.url,

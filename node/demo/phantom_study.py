@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from node.sr import write_dataset_atomic
-from secure_infer.demo.phantoms import dicom_like_phantom
+from secure_infer import dicom_like_phantom
 
 __all__ = ["CR_STORAGE", "PlantedIdentity", "phantom_cr_study", "write_study_files"]
 

@@ -37,8 +37,13 @@ from node.config import NodeConfig, parse_model
 from node.demo.localpacs import Orthanc, find_orthanc, free_port, nodelay_env, stop_process
 from node.demo.phantom_study import write_study_files
 from scp import DestinationSettings, StorageSender
-from secure_infer.certs import create_ca, issue_client_cert, issue_server_cert
-from secure_infer.client import ClientSettings, VendorClient
+from secure_infer import (
+    ClientSettings,
+    VendorClient,
+    create_ca,
+    issue_client_cert,
+    issue_server_cert,
+)
 
 __all__ = ["DEMO_MODEL_DIR", "EmbeddedPacs", "Stack"]
 

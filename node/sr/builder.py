@@ -52,7 +52,7 @@ from node.sr import concepts as c
 from node.sr.errors import SrError
 from node.sr.outputs import ResultOutputs, check_outputs
 from node.sr.uids import MIN_UID_KEY_BYTES, ResultUids, device_uid
-from secure_infer.manifest import Manifest, OutputLabel
+from secure_infer import Manifest, OutputLabel
 
 __all__ = [
     "BLINDREAD_MANUFACTURER",

@@ -23,7 +23,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from node.sr.errors import SrError
-from secure_infer.manifest import Manifest
+from secure_infer import Manifest
 
 __all__ = [
     "PROBABILITY_TOLERANCE",

@@ -10,7 +10,7 @@ from node.config.sr import SrSection
 from node.sr.builder import AlgorithmParameters, build_result_sr
 from node.sr.outputs import ResultOutputs
 from node.sr.summary import build_summary_sc
-from secure_infer.manifest import Manifest
+from secure_infer import Manifest
 
 __all__ = ["build_result_objects"]
 

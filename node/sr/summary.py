@@ -27,7 +27,7 @@ from node.sr.builder import (
 from node.sr.errors import SrError
 from node.sr.outputs import ResultOutputs, check_outputs
 from node.sr.uids import MIN_UID_KEY_BYTES, ResultUids
-from secure_infer.manifest import Manifest, OutputLabel
+from secure_infer import Manifest, OutputLabel
 
 __all__ = ["build_summary_sc", "render_summary_lines", "summary_lines"]
 

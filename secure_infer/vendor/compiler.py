@@ -23,10 +23,10 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from secure_infer.approx import fit_quadratic
 from secure_infer.errors import CompileError
 from secure_infer.packing import InputPacking, next_pow2
 from secure_infer.plan import LinearStage, Plan, ReduceStage, SquareStage, Stage
+from secure_infer.vendor.approx import fit_quadratic
 
 __all__ = ["compile_onnx"]
 
