@@ -21,6 +21,17 @@ _WHERE = {
     "InferenceError": "errors",
     "ModelNotFoundError": "errors",
     "ParameterError": "errors",
+    # the hash-chain format (the vendor's request chain and the hospital's audit ledger)
+    "GENESIS": "chain",
+    "ChainError": "chain",
+    "ChainHead": "chain",
+    "LinkFault": "chain",
+    "append_line": "chain",
+    "body_hash": "chain",
+    "canonical_json": "chain",
+    "cut_torn_tail": "chain",
+    "read_last_line": "chain",
+    "signing_input": "chain",
     # parameters, compiler, sessions
     "CkksParams": "params",
     "select_params": "params",
