@@ -492,6 +492,14 @@ def _elementwise(at: _At) -> tuple[np.ndarray, bool] | None:
     return _broadcast_const(at.node, at.consts[0], at.shape), at.node.input[0] == at.cur
 
 
+def _const_operand(at: _At) -> tuple[np.ndarray, bool]:
+    """:func:`_elementwise` for Sub and Div, where ``x - x`` and ``x / x`` are refused."""
+    operand = _elementwise(at)
+    if operand is None:
+        raise at.err("x-x / x/x is degenerate; remove the node")
+    return operand
+
+
 def _lower_add(c: _Compiler, at: _At) -> _Shape:
     """Add a constant (a bias), or ``x + x`` (a scale by 2)."""
     operand = _elementwise(at)
@@ -504,10 +512,7 @@ def _lower_add(c: _Compiler, at: _At) -> _Shape:
 
 def _lower_sub(c: _Compiler, at: _At) -> _Shape:
     """``x - k`` or ``k - x`` with a constant ``k``."""
-    operand = _elementwise(at)
-    if operand is None:
-        raise at.err("x-x / x/x is degenerate; remove the node")
-    k, first = operand
+    k, first = _const_operand(at)
     c.diag(np.full(at.size, 1.0 if first else -1.0), -k if first else k)
     return at.shape
 
@@ -524,10 +529,7 @@ def _lower_mul(c: _Compiler, at: _At) -> _Shape:
 
 def _lower_div(c: _Compiler, at: _At) -> _Shape:
     """Divide by a constant; dividing by the encrypted tensor has no CKKS form."""
-    operand = _elementwise(at)
-    if operand is None:
-        raise at.err("x-x / x/x is degenerate; remove the node")
-    k, first = operand
+    k, first = _const_operand(at)
     if not first:
         raise at.err("division by the encrypted tensor is not possible under CKKS")
     c.diag(1.0 / k, np.zeros(at.size))
