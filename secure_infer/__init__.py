@@ -6,7 +6,8 @@ party line:
 * the shared core, the modules at this level: parameters (``params``), the plan and its packing
   (``plan``, ``packing``), the public plan description (``spec``), the model manifest
   (``manifest``), the wire formats (``wire``, ``framing``, ``_ckks``, ``seal_io``), the error tree
-  (``errors``), the vendor's hash chain (``chain``), typed YAML config (``yamlconfig``) and
+  (``errors``), the hash-chain format of the vendor's chain and the node's audit ledger
+  (``chain``), typed YAML config (``yamlconfig``) and
   ``check`` (``model check``, the one module that plays both parties);
 * :mod:`secure_infer.hospital`: the secret-key session, preprocessing, the vendor client;
 * :mod:`secure_infer.vendor`: compiler, evaluator, server, worker pool, context store,
@@ -47,11 +48,19 @@ _WHERE = {
     "Plan": "plan",
     "MAX_CIPHERTEXTS": "spec",
     "PlanSpec": "spec",
-    # the vendor's hash chain
+    # the hash-chain format (the vendor's request chain and the hospital's audit ledger)
     "GENESIS": "chain",
     "ChainError": "chain",
+    "ChainHead": "chain",
     "HashChain": "chain",
+    "LinkFault": "chain",
+    "append_line": "chain",
+    "body_hash": "chain",
+    "canonical_json": "chain",
+    "cut_torn_tail": "chain",
     "entry_hash": "chain",
+    "read_last_line": "chain",
+    "signing_input": "chain",
     "verify_chain": "chain",
     # typed YAML config (the vendor's and the node's)
     "FrozenModel": "yamlconfig",
@@ -109,7 +118,21 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:  # the same names, eagerly, so type checkers see their real types
-    from secure_infer.chain import GENESIS, ChainError, HashChain, entry_hash, verify_chain
+    from secure_infer.chain import (
+        GENESIS,
+        ChainError,
+        ChainHead,
+        HashChain,
+        LinkFault,
+        append_line,
+        body_hash,
+        canonical_json,
+        cut_torn_tail,
+        entry_hash,
+        read_last_line,
+        signing_input,
+        verify_chain,
+    )
     from secure_infer.check import MODEL_CHECK_HELP, add_model_check_arguments, run_model_check
     from secure_infer.demo.phantoms import dicom_like_phantom
     from secure_infer.errors import (

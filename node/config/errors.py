@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from secure_infer import format_loc, format_validation_error
-
 from node.errors import NodeError
+from secure_infer import format_loc, format_validation_error
 
 __all__ = ["ConfigError", "format_loc", "format_validation_error"]
 
