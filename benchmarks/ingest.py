@@ -78,7 +78,7 @@ def pynetdicom_ceiling(storescu: str, indir: Path, work: Path, n: int) -> float:
     """A pynetdicom AE that answers 0x0000 and stores nothing."""
     from pynetdicom import AE, AllStoragePresentationContexts, evt
 
-    from scp.net import tune_association
+    from scp._net import tune_association
 
     ae = AE(ae_title="NOOP")
     ae.supported_contexts = AllStoragePresentationContexts

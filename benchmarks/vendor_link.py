@@ -1,10 +1,11 @@
 """Encrypted inference through the real vendor link: hospital client -> mTLS -> vendor server.
 
-Starts ``python -m node vendor serve`` on a free loopback port (fresh CA and certificates in a
-temp dir), then measures with :class:`secure_infer.client.VendorClient`: the one-time key
-generation + public-context upload, per-image latency split into encrypt / upload / queue /
-evaluate / download / decrypt, bytes up/down, a batch of 64 images, and the max abs difference
-to onnxruntime on the same inputs.
+Starts ``python -m secure_infer.vendor serve`` on a free loopback port (fresh CA and
+certificates in a temp dir), then measures with
+:class:`secure_infer.hospital.client.VendorClient`: the one-time key generation + public-context
+upload, per-image latency split into encrypt / upload / queue / evaluate / download / decrypt,
+bytes up/down, a batch of 64 images, and the max abs difference to onnxruntime on the same
+inputs.
 
     python benchmarks/vendor_link.py [--manifest secure_infer/models/demo-lesion/manifest.yaml]
 """
@@ -95,7 +96,10 @@ def main() -> int:
         (tmp / "vendor.yaml").write_text(yaml.safe_dump(cfg))
         log = open(tmp / "vendor.log", "wb")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "node", "vendor", "serve", "--config", str(tmp / "vendor.yaml")],
+            [
+                sys.executable, "-m", "secure_infer.vendor", "serve",
+                "--config", str(tmp / "vendor.yaml"),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=str(ROOT),

@@ -11,9 +11,11 @@ entry's ``prev_hash`` is 64 zeros, and ``signature = Ed25519(b"blindread-audit-v
 bytes)``. A signed copy of the newest (seq, hash, signature) is kept in ``<ledger>.head`` so that
 cutting entries off the end is detected too; the public key is published as ``<ledger>.pub``.
 
-Hand-written on purpose: the chain is a few dozen lines over ``hashlib`` and ``cryptography``,
-and the on-disk format must stay simple enough for the vendor peer (which must not import
-``node``) and external auditors to re-implement from docs/audit.md.
+The chain format itself (genesis, canonical JSON, body hash, linking, torn-tail repair, what a
+signature covers) is :mod:`secure_infer.chain`, shared with the vendor's request chain (the
+vendor must not import ``node``); this module adds the ledger's fields, the Ed25519 signatures,
+the signed head and the PHI guard. The format stays simple enough for external auditors to
+re-implement from docs/audit.md.
 
 Details carry pseudonyms and hashes only. :func:`check_details` refuses values that look like a
 raw DICOM UID or a DICOM person name and keys from a PHI deny-list, so a careless caller gets an
@@ -42,7 +44,19 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from durable_io import atomic_write
 from node.config import NodeConfig
+from node.errors import NodeError
 from node.keys import load_or_create_secret
+from secure_infer import (
+    GENESIS,
+    ChainHead,
+    LinkFault,
+    append_line,
+    body_hash,
+    canonical_json,
+    cut_torn_tail,
+    read_last_line,
+    signing_input,
+)
 
 __all__ = [
     "FORMAT_VERSION",
@@ -67,14 +81,14 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
-GENESIS_HASH = "0" * 64
+GENESIS_HASH = GENESIS
 SIGNATURE_DOMAIN = b"blindread-audit-v1\x00"
 _ENTRY_KEYS = frozenset({"v", "seq", "time", "kind", "details", "prev_hash", "hash", "signature"})
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _HEX128 = re.compile(r"^[0-9a-f]{128}$")
 
 
-class AuditError(Exception):
+class AuditError(NodeError):
     """The ledger cannot be written or read (damaged tail, key mismatch, I/O error)."""
 
 
@@ -193,22 +207,14 @@ def check_details(kind: str, details: Mapping[str, Any]) -> None:
 # --- chain primitives --------------------------------------------------------------------------
 
 
-def canonical_json(obj: Any) -> bytes:
-    """Sorted keys, no spaces, ASCII only, no NaN: the bytes that are hashed."""
-    return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-    ).encode("ascii")
-
-
 def entry_hash(v: int, seq: int, time: str, kind: str, details: Any, prev_hash: str) -> str:
-    """SHA-256 (hex) of an entry's body."""
-    body = {"v": v, "seq": seq, "time": time, "kind": kind, "details": details,
-            "prev_hash": prev_hash}
-    return hashlib.sha256(canonical_json(body)).hexdigest()
+    """SHA-256 (hex) of an entry's body: every field but ``hash`` and ``signature``."""
+    return body_hash({"v": v, "seq": seq, "time": time, "kind": kind, "details": details,
+                      "prev_hash": prev_hash})
 
 
 def _signed_bytes(hash_hex: str) -> bytes:
-    return SIGNATURE_DOMAIN + bytes.fromhex(hash_hex)
+    return signing_input(SIGNATURE_DOMAIN, hash_hex)
 
 
 @dataclass(frozen=True)
@@ -293,26 +299,6 @@ def load_public_key(path: str | Path) -> Ed25519PublicKey:
     return key
 
 
-def _read_tail(fd: int, size: int) -> tuple[bytes, int]:
-    """The last line of the file (without newline) and the offset where it starts."""
-    end = size
-    if end == 0:
-        return b"", 0
-    chunk = 4096
-    buf = b""
-    pos = end
-    while pos > 0:
-        step = min(chunk, pos)
-        pos -= step
-        buf = os.pread(fd, step, pos) + buf
-        body = buf[:-1] if buf.endswith(b"\n") else buf
-        nl = body.rfind(b"\n")
-        if nl >= 0:
-            return body[nl + 1 :], pos + nl + 1
-    body = buf[:-1] if buf.endswith(b"\n") else buf
-    return body, 0
-
-
 # --- writing -----------------------------------------------------------------------------------
 
 
@@ -390,48 +376,38 @@ class AuditLedger:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o640)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
-                seq, prev = self._last(fd)
-                entry = self._write(fd, seq + 1, stamp, kind, plain, prev)
+                entry = self._write(fd, self._last(fd), stamp, kind, plain)
             finally:
                 os.close(fd)  # releases the flock
         return entry
 
-    def _last(self, fd: int) -> tuple[int, str]:
-        size = os.fstat(fd).st_size
-        if size == 0:
-            return 0, GENESIS_HASH
-        last_byte = os.pread(fd, 1, size - 1)
-        if last_byte != b"\n":
-            line, start = _read_tail(fd, size)
-            os.ftruncate(fd, start)
-            if self._fsync:
-                os.fsync(fd)
-            seq, prev = self._last(fd)
-            self._write(fd, seq + 1, _utc_now(), AuditKind.LEDGER_REPAIRED,
-                        {"dropped_bytes": size - start, "reason": "torn last line"}, prev)
+    def _last(self, fd: int) -> ChainHead:
+        """The head to append after (under the lock), repairing a torn last line first."""
+        dropped = cut_torn_tail(fd, sync=self._fsync)
+        if dropped:
+            self._write(fd, self._last(fd), _utc_now(), AuditKind.LEDGER_REPAIRED,
+                        {"dropped_bytes": dropped, "reason": "torn last line"})
             return self._last(fd)
-        line, _ = _read_tail(fd, size)
+        if os.fstat(fd).st_size == 0:
+            return ChainHead()
+        line, _ = read_last_line(fd)
         try:
             entry = AuditEntry.from_json(line.decode("utf-8"))
         except (ValueError, UnicodeDecodeError) as exc:
             raise AuditError(
                 f"{self.path}: last entry is damaged ({exc}); run 'blindread audit verify'"
             ) from None
-        return entry.seq, entry.hash
+        return ChainHead(entry.seq, entry.hash)
 
     def _write(
-        self, fd: int, seq: int, stamp: str, kind: str, details: dict[str, Any], prev: str
+        self, fd: int, after: ChainHead, stamp: str, kind: str, details: dict[str, Any]
     ) -> AuditEntry:
+        """Sign and append the entry that follows ``after``, then replace the signed head."""
+        seq, prev = after.seq + 1, after.hash
         h = entry_hash(FORMAT_VERSION, seq, stamp, kind, details, prev)
         sig = self._key.sign(_signed_bytes(h)).hex()
         entry = AuditEntry(seq, stamp, kind, details, prev, h, sig)
-        data = (entry.to_json() + "\n").encode("ascii")
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-        if self._fsync:
-            os.fsync(fd)
+        append_line(fd, (entry.to_json() + "\n").encode("ascii"), sync=self._fsync)
         head = {"seq": seq, "hash": h, "signature": sig}
         atomic_write(self.head_path, canonical_json(head) + b"\n", mode=0o640, sync=self._fsync)
         return entry
@@ -497,6 +473,15 @@ def _read_head(path: Path) -> tuple[int, str, str] | str | None:
         return "signed head file unreadable"
 
 
+def _link_reason(fault: LinkFault, got_seq: int, seq: int) -> str:
+    """Why an entry does not follow the one before it, for :class:`VerifyReport`."""
+    if fault is LinkFault.SEQ:
+        return f"seq is {got_seq}, expected {seq} (entry deleted, inserted or moved)"
+    if fault is LinkFault.PREV_HASH:
+        return "prev_hash does not match the previous entry (deleted, inserted or moved)"
+    return "content does not match its hash (entry edited)"
+
+
 def verify_ledger(
     path: str | Path, key: Ed25519PublicKey, *, check_head: bool = True
 ) -> VerifyReport:
@@ -521,13 +506,13 @@ def verify_ledger(
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
         head_at: int | None = None  # seq of the entry whose hash the head names
-        prev, n, consumed = GENESIS_HASH, 0, 0
+        tip, consumed = ChainHead(), 0
         for raw in fh:
             if consumed >= size:
                 break  # appended after the snapshot
             raw = raw[: size - consumed]
             consumed += len(raw)
-            seq = n + 1
+            seq = tip.seq + 1
 
             def bad(reason: str, seq: int = seq) -> VerifyReport:
                 return VerifyReport(entries=seq - 1, bad_line=seq, bad_seq=seq, reason=reason)
@@ -540,21 +525,15 @@ def verify_ledger(
                 return bad(f"not a valid entry ({exc})")
             if entry.v != FORMAT_VERSION:
                 return bad(f"unknown format version {entry.v}")
-            if entry.seq != seq:
-                return bad(
-                    f"seq is {entry.seq}, expected {seq} (entry deleted, inserted or moved)"
-                )
-            if entry.prev_hash != prev:
-                return bad(
-                    "prev_hash does not match the previous entry (deleted, inserted or moved)"
-                )
-            if entry.computed_hash() != entry.hash:
-                return bad("content does not match its hash (entry edited)")
+            faults = tip.faults(entry.seq, entry.prev_hash, entry.hash, entry.computed_hash())
+            if faults:
+                return bad(_link_reason(faults[0], entry.seq, seq))
             if not entry.signature_valid(key):
                 return bad("signature invalid (forged entry or wrong public key)")
             if isinstance(head, tuple) and head[1] == entry.hash:
                 head_at = seq
-            prev, n = entry.hash, seq
+            tip = tip.then(entry.hash)
+    n = tip.seq
     if not check_head:
         return VerifyReport(entries=n)
     end = (n, n + 1, n + 1)

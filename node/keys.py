@@ -13,11 +13,12 @@ import stat
 from pathlib import Path
 
 from durable_io import fsync_dir, write_all
+from node.errors import NodeError
 
 __all__ = ["KeyFileError", "load_or_create_secret", "read_secret_file", "write_secret_file"]
 
 
-class KeyFileError(Exception):
+class KeyFileError(NodeError):
     """A key file is unreadable, has the wrong size, or is readable by group/others."""
 
 

@@ -27,6 +27,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydicom.dataset import Dataset
 
+from node.errors import NodeError
 from node.keys import load_or_create_secret
 
 __all__ = [
@@ -73,7 +74,7 @@ CREATE INDEX IF NOT EXISTS vault_updated ON vault(updated);
 """
 
 
-class VaultError(Exception):
+class VaultError(NodeError):
     """A vault row is missing, was sealed with another key, or was tampered with."""
 
 

@@ -7,11 +7,10 @@ settings dataclasses and a ``log_id`` pseudonymizer.
 from __future__ import annotations
 
 from scp import status
-from scp.errors import InvalidInstanceError, ScpError, SendError, SpoolFullError
-from scp.policy import AssociationPolicy, Rejection
-from scp.sender import SendReport, StorageSender, echo
-from scp.server import ACCEPTED_TRANSFER_SYNTAXES, StorageServer
-from scp.settings import (
+from scp._policy import AssociationPolicy, Rejection
+from scp._sender import SendReport, StorageSender, echo
+from scp._server import ACCEPTED_TRANSFER_SYNTAXES, StorageServer
+from scp._settings import (
     CompletionSettings,
     DestinationSettings,
     LogId,
@@ -19,8 +18,16 @@ from scp.settings import (
     SenderSettings,
     TlsSettings,
 )
-from scp.spool import Spool, SpooledStudy, StoredInstance
-from scp.study import CompletionMonitor
+from scp._spool import Spool, SpooledStudy, StoredInstance
+from scp._study import CompletionMonitor
+from scp.errors import (
+    InvalidInstanceError,
+    MalformedDatasetError,
+    ProtocolError,
+    ScpError,
+    SendError,
+    SpoolFullError,
+)
 
 __all__ = [
     "ACCEPTED_TRANSFER_SYNTAXES",
@@ -30,6 +37,8 @@ __all__ = [
     "DestinationSettings",
     "InvalidInstanceError",
     "LogId",
+    "MalformedDatasetError",
+    "ProtocolError",
     "Rejection",
     "ScpError",
     "ScpSettings",

@@ -1,6 +1,34 @@
-"""The vendor's append-only hash chain of inference requests.
+"""The one hash-chain format, and the vendor's append-only chain of inference requests.
 
-One JSON object per line::
+Two records are hash chains: the hospital's signed audit ledger (``node.audit``) and the
+vendor's request chain (this module's :class:`HashChain`). Both are built from the pieces
+below, so they cannot drift apart and an auditor re-implements one set of rules:
+
+* a file holds one JSON entry per line; each entry carries its ``seq`` (1, 2, ...), the
+  ``prev_hash`` of the entry before it (:data:`GENESIS`, 64 zeros, for the first) and its own
+  hash, the SHA-256 hex of :func:`canonical_json` of its body (:func:`body_hash`);
+* :class:`ChainHead` is where a chain ends (``seq`` and hash of its newest entry); its
+  :meth:`~ChainHead.faults` says how an entry fails to link after it (:class:`LinkFault`), so
+  each verifier reports the first bad entry in its own words;
+* an append is one complete line, written and fsync'd before it is acknowledged
+  (:func:`append_line`); a torn last line left by a crash was never acknowledged and is cut
+  off on open (:func:`cut_torn_tail`); :func:`read_last_line` finds the newest entry without
+  reading the whole file.
+
+What each record puts in its body, what it calls its hash field, in which order it writes
+fields and whether it signs, is its own (docs/audit.md for the ledger, below for the vendor).
+
+Signing
+-------
+A signer signs :func:`signing_input`: a domain string naming the record and format version,
+followed by the entry hash's 32 raw bytes. The audit ledger signs it with Ed25519 under
+``b"blindread-audit-v1\\0"`` and keeps the signature outside the hashed body, next to the hash;
+the vendor's chain can sign its ``entry_hash`` the same way under a domain of its own without
+changing anything else here (not done yet: issue #15).
+
+The vendor's request chain
+--------------------------
+One JSON object per line, keys sorted (the line is the canonical JSON of the entry)::
 
     {"seq": 7, "prev_hash": "<entry_hash of seq 6 or 64 zeros>", "time": "2026-...Z",
      "job": "<job token>", "model": "demo-lesion", "model_version": "1.0",
@@ -12,42 +40,180 @@ One JSON object per line::
 same values for what it sent and received, can be cross-checked against this file entry by entry
 (joined on the job token). Nothing in it identifies a patient or a study.
 
-Each append is written with a single ``write`` and fsync'd before the response leaves, so an
-acknowledged request is never missing; a torn last line left by a crash is cut off on open (its
-request was never answered).
+Each append is fsync'd before the response leaves, so an acknowledged request is never missing;
+a torn last line left by a crash is cut off on open (its request was never answered).
 """
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import os
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ["GENESIS", "ChainError", "HashChain", "entry_hash", "verify_chain"]
+from durable_io import write_all
+from secure_infer.errors import InferenceError
+
+__all__ = [
+    "GENESIS",
+    "ChainError",
+    "ChainHead",
+    "HashChain",
+    "LinkFault",
+    "append_line",
+    "body_hash",
+    "canonical_json",
+    "cut_torn_tail",
+    "entry_hash",
+    "read_last_line",
+    "signing_input",
+    "verify_chain",
+]
 
 GENESIS = "0" * 64
+"""The ``prev_hash`` of a chain's first entry."""
 
 
-class ChainError(Exception):
+class ChainError(InferenceError):
     """The chain file is broken (a link or an entry hash does not match)."""
+
+    code = "broken_chain"
+
+
+# --- the format both chains share ---------------------------------------------------------------
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Sorted keys, no spaces, ASCII only, no NaN: the bytes that are hashed.
+
+    Raises ``ValueError`` for NaN or infinity (they have no JSON form to agree on).
+    """
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    ).encode("ascii")
+
+
+def body_hash(body: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of an entry's body: every field its hash covers, and no other."""
+    return hashlib.sha256(canonical_json(body)).hexdigest()
+
+
+def signing_input(domain: bytes, hash_hex: str) -> bytes:
+    """What a signer signs for an entry: ``domain`` then the raw bytes of its hash.
+
+    The domain keeps a signature of one record (or format version) from being valid for
+    another; a malformed ``hash_hex`` raises ``ValueError``.
+    """
+    return domain + bytes.fromhex(hash_hex)
+
+
+class LinkFault(enum.Enum):
+    """How an entry fails to follow a :class:`ChainHead`."""
+
+    SEQ = "seq"
+    """Its ``seq`` is not the next number: an entry was deleted, inserted or moved."""
+    PREV_HASH = "prev_hash"
+    """Its ``prev_hash`` does not name the newest entry's hash: deleted, inserted or moved."""
+    HASH = "hash"
+    """Its stored hash is not the hash of its body: the entry was edited."""
+
+
+@dataclass(frozen=True)
+class ChainHead:
+    """Where a chain ends: the ``seq`` and hash of its newest entry (empty: 0 and genesis)."""
+
+    seq: int = 0
+    hash: str = GENESIS
+
+    def faults(
+        self, seq: object, prev_hash: object, stored_hash: object, computed_hash: str
+    ) -> tuple[LinkFault, ...]:
+        """Every way an entry with these fields fails to follow this head (empty: it links).
+
+        ``computed_hash`` is :func:`body_hash` of the entry's body as read. All faults are
+        returned, in :class:`LinkFault` order, so a verifier chooses which one it names first.
+        """
+        found = []
+        if seq != self.seq + 1:
+            found.append(LinkFault.SEQ)
+        if prev_hash != self.hash:
+            found.append(LinkFault.PREV_HASH)
+        if stored_hash != computed_hash:
+            found.append(LinkFault.HASH)
+        return tuple(found)
+
+    def then(self, entry_hash: str) -> ChainHead:
+        """The head after appending the next entry, whose hash is ``entry_hash``."""
+        return ChainHead(self.seq + 1, entry_hash)
+
+
+def read_last_line(fd: int) -> tuple[bytes, int]:
+    """The file's last line (without its newline) and the offset where it starts.
+
+    Reads backwards from the end in blocks, so opening a long chain costs one block.
+    """
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return b"", 0
+    buf = b""
+    pos = size
+    while pos > 0:
+        step = min(4096, pos)
+        pos -= step
+        buf = os.pread(fd, step, pos) + buf
+        body = buf[:-1] if buf.endswith(b"\n") else buf
+        nl = body.rfind(b"\n")
+        if nl >= 0:
+            return body[nl + 1 :], pos + nl + 1
+    body = buf[:-1] if buf.endswith(b"\n") else buf
+    return body, 0
+
+
+def cut_torn_tail(fd: int, *, sync: bool = True) -> int:
+    """Cut off a last line without its newline (a crash mid-append); return the bytes dropped.
+
+    Such an entry was never acknowledged (an append returns only once its whole line is
+    written), so dropping it loses nothing a peer was told. ``fd`` must be open for writing.
+    """
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return 0
+    _, start = read_last_line(fd)
+    os.ftruncate(fd, start)
+    if sync:
+        os.fsync(fd)
+    return size - start
+
+
+def append_line(fd: int, line: bytes, *, sync: bool = True) -> None:
+    """Write one entry's complete line (ending in a newline) to ``fd`` and fsync it.
+
+    ``fd`` is open with ``O_APPEND``; short writes are retried, so the line lands whole.
+    """
+    write_all(fd, line)
+    if sync:
+        os.fsync(fd)
+
+
+# --- the vendor's request chain -----------------------------------------------------------------
+
+_VENDOR_FAULT_ORDER = (LinkFault.PREV_HASH, LinkFault.SEQ, LinkFault.HASH)
 
 
 def entry_hash(entry: dict[str, Any]) -> str:
-    """SHA-256 of the canonical JSON of ``entry`` without its ``entry_hash`` field."""
-    body = {k: v for k, v in entry.items() if k != "entry_hash"}
-    canon = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(canon.encode()).hexdigest()
+    """SHA-256 of the canonical JSON of a vendor ``entry`` without its ``entry_hash`` field."""
+    return body_hash({k: v for k, v in entry.items() if k != "entry_hash"})
 
 
 def verify_chain(path: Path) -> int:
     """Check every link of a chain file; return the number of entries or raise ChainError."""
-    prev = GENESIS
-    n = 0
+    head = ChainHead()
     if not path.exists():
         return 0
     with path.open("r", encoding="utf-8") as fh:
@@ -56,21 +222,19 @@ def verify_chain(path: Path) -> int:
                 entry = json.loads(line)
             except json.JSONDecodeError:
                 raise ChainError(f"{path}:{lineno}: not JSON") from None
-            if entry.get("prev_hash") != prev:
-                raise ChainError(f"{path}:{lineno}: prev_hash does not link to entry {n}")
-            if entry.get("seq") != n + 1:
-                raise ChainError(f"{path}:{lineno}: seq {entry.get('seq')} != {n + 1}")
-            if entry_hash(entry) != entry.get("entry_hash"):
-                raise ChainError(f"{path}:{lineno}: entry_hash does not match its content")
-            prev = entry["entry_hash"]
-            n += 1
-    return n
-
-
-@dataclass(frozen=True)
-class _Tail:
-    seq: int
-    hash: str
+            seq = entry.get("seq")
+            faults = head.faults(seq, entry.get("prev_hash"), entry.get("entry_hash"),
+                                 entry_hash(entry))
+            if faults:
+                reasons = {
+                    LinkFault.PREV_HASH: f"prev_hash does not link to entry {head.seq}",
+                    LinkFault.SEQ: f"seq {seq} != {head.seq + 1}",
+                    LinkFault.HASH: "entry_hash does not match its content",
+                }
+                first = next(f for f in _VENDOR_FAULT_ORDER if f in faults)
+                raise ChainError(f"{path}:{lineno}: {reasons[first]}")
+            head = head.then(entry["entry_hash"])
+    return head.seq
 
 
 class HashChain:
@@ -82,23 +246,19 @@ class HashChain:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._tail = self._recover()
 
-    def _recover(self) -> _Tail:
+    def _recover(self) -> ChainHead:
         if not self.path.exists():
-            return _Tail(0, GENESIS)
-        data = self.path.read_bytes()
-        keep = data
-        if data and not data.endswith(b"\n"):
-            # torn final write from a crash: that request was never acknowledged
-            keep = data[: data.rfind(b"\n") + 1]
-            with self.path.open("r+b") as fh:
-                fh.truncate(len(keep))
-                fh.flush()
-                os.fsync(fh.fileno())
-        n = verify_chain(self.path)
-        if n == 0:
-            return _Tail(0, GENESIS)
-        last = json.loads(keep.splitlines()[-1])
-        return _Tail(int(last["seq"]), str(last["entry_hash"]))
+            return ChainHead()
+        fd = os.open(self.path, os.O_RDWR)
+        try:
+            cut_torn_tail(fd)  # torn final write from a crash: never acknowledged
+            if verify_chain(self.path) == 0:
+                return ChainHead()
+            line, _ = read_last_line(fd)
+        finally:
+            os.close(fd)
+        last = json.loads(line)
+        return ChainHead(int(last["seq"]), str(last["entry_hash"]))
 
     @property
     def head(self) -> str:
@@ -129,12 +289,10 @@ class HashChain:
                 "response_sha256": response_sha256,
             }
             entry["entry_hash"] = entry_hash(entry)
-            line = (json.dumps(entry, sort_keys=True, separators=(",", ":")) + "\n").encode()
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
             try:
-                os.write(fd, line)
-                os.fsync(fd)
+                append_line(fd, canonical_json(entry) + b"\n")
             finally:
                 os.close(fd)
-            self._tail = _Tail(entry["seq"], entry["entry_hash"])
+            self._tail = self._tail.then(entry["entry_hash"])
             return entry

@@ -1,8 +1,36 @@
 """The secure_infer exception tree.
 
-Each error carries a stable machine-readable ``code`` that the vendor server returns in its JSON
-error body (``{"error": code, "detail": str(exc)}``) with ``http_status``; messages never contain
-pixel values, identifiers or key material.
+Every error secure_infer raises descends from :class:`InferenceError`, so a caller (the node,
+the vendor CLI) needs one ``except`` for the whole package. Each error carries a stable
+machine-readable ``code`` and an ``http_status``; the vendor server turns any of them into
+``{"error": code, "detail": str(exc)}`` with that status in one place
+(:mod:`secure_infer.vendor._http`). Messages never contain pixel values, identifiers or key
+material::
+
+    InferenceError                inference_error      500  errors
+    |-- CompileError              unsupported_model    422  errors
+    |-- ParameterError            weak_parameters      400  errors
+    |-- ContextError              malformed_context..  400  errors
+    |   `-- UnknownContextError   unknown_context      404  errors
+    |-- CiphertextError           malformed_ciphertext 400  errors
+    |-- ModelNotFoundError        unknown_model        404  errors
+    |-- ManifestError             invalid_manifest     500  manifest
+    |-- ChainError                inference_error      500  chain
+    |-- FramingError              malformed_request    400  framing
+    |-- BadRequestError           bad_request          400  wire
+    |-- UnauthenticatedError      no_client_certificate 401 wire
+    |-- TooLargeError             request_too_large    413  wire
+    |-- ServerBusyError           busy                 503  wire (+ Retry-After)
+    |-- ServerTimeoutError        timeout              503  wire (+ Retry-After)
+    |-- PreprocessError           bad_input            422  hospital.preprocess (also ValueError)
+    |-- VendorError               the vendor's code/status  hospital.client
+    |-- VendorUnavailableError    vendor_unavailable   503  hospital.client
+    |-- JobReusedError            job_token_reused     409  vendor.server
+    |-- RemoteError               a worker's code/status    vendor._pool
+    `-- VendorConfigError         invalid_config       500  vendor.config
+
+Only the root and the errors of the core (this module) are defined here; each other error
+lives beside the code that raises it and is re-exported from :mod:`secure_infer`.
 """
 
 from __future__ import annotations
@@ -12,12 +40,10 @@ __all__ = [
     "CompileError",
     "ContextError",
     "InferenceError",
-    "ManifestError",
     "ModelNotFoundError",
     "ParameterError",
+    "UnknownContextError",
 ]
-
-from secure_infer.manifest import ManifestError
 
 
 class InferenceError(Exception):
@@ -60,6 +86,13 @@ class ContextError(InferenceError):
 
     code = "malformed_context"
     http_status = 400
+
+
+class UnknownContextError(ContextError):
+    """This hospital never uploaded the public context it names (``GET /v1/contexts/{sha}``)."""
+
+    code = "unknown_context"
+    http_status = 404
 
 
 class CiphertextError(InferenceError):

@@ -15,6 +15,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from secure_infer.errors import InferenceError
+
 __all__ = [
     "Code",
     "InputSpec",
@@ -26,8 +28,10 @@ __all__ = [
 ]
 
 
-class ManifestError(Exception):
+class ManifestError(InferenceError):
     """A manifest file is missing, not YAML or not valid; ``problems`` has one line each."""
+
+    code = "invalid_manifest"
 
     def __init__(self, source: str, problems: list[str]) -> None:
         self.source = source

@@ -1,4 +1,5 @@
-"""The vendor protocol's names, shared by :mod:`secure_infer.server` and :mod:`secure_infer.client`.
+"""The vendor protocol's names, shared by the vendor's :mod:`secure_infer.vendor.server` and the
+hospital's :mod:`secure_infer.hospital.client`.
 
 Endpoints (all under ``/v1``, HTTPS with mutual TLS)::
 

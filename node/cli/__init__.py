@@ -2,6 +2,7 @@
 
 Each command group lives in its own module with a ``register(subparsers)`` function; the handler
 it sets returns the process exit code: 0 success, 1 the operation failed, 2 bad usage or config.
+Errors a handler raises become a message and an exit code in one place, :mod:`node.cli.errors`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from node import __version__
-from node.config import ConfigError
+from node.cli.errors import CAUGHT, report
 
 __all__ = ["main"]
 
@@ -52,11 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code: int = args.handler(args)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    except CAUGHT as exc:
+        return report(exc)
     return code
 
 

@@ -14,13 +14,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from node.audit import (
-    AuditError,
     export_since,
     key_fingerprint,
     load_public_key,
     public_key_path,
     verify_ledger,
 )
+from node.cli.errors import reported_as
 from node.config import load_config
 
 __all__ = ["register"]
@@ -62,12 +62,8 @@ def _ledger_and_key(args: argparse.Namespace) -> tuple[Path, Path]:
 
 def _verify(args: argparse.Namespace) -> int:
     ledger, key_path = _ledger_and_key(args)
-    try:
-        key = load_public_key(key_path)
-        report = verify_ledger(ledger, key)
-    except AuditError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    key = load_public_key(key_path)  # AuditError -> "error: ...", exit 1 (node.cli.errors)
+    report = verify_ledger(ledger, key)
     print(f"{ledger}: {report.describe()}")
     print(f"public key {key_path}: {key_fingerprint(key)}")
     return 0 if report.ok else 1
@@ -85,7 +81,7 @@ def _parse_since(text: str) -> datetime:
 def _export(args: argparse.Namespace) -> int:
     ledger, key_path = _ledger_and_key(args)
     since = _parse_since(args.since)
-    try:
+    with reported_as("error", OSError):  # AuditError -> "error: ...", exit 1 (node.cli.errors)
         if not args.no_verify:
             report = verify_ledger(ledger, load_public_key(key_path))
             if not report.ok:
@@ -93,9 +89,6 @@ def _export(args: argparse.Namespace) -> int:
                       file=sys.stderr)
                 return 1
         lines = list(export_since(ledger, since))
-    except (AuditError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     text = "".join(line + "\n" for line in lines)
     if args.output is None:
         sys.stdout.write(text)

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from durable_io import atomic_write
+from node.cli.errors import reported_as
 from node.config import load_config
 from node.config.model import NodeConfig
 from node.deid import Deidentifier, DeidKeys, OptionError, parse_options
@@ -73,14 +74,11 @@ def _deid(args: argparse.Namespace) -> int:
     if not args.in_dir.is_dir():
         print("deid: IN_DIR is not a directory", file=sys.stderr)
         return 2
-    try:
+    with reported_as("deid", OptionError, KeyError, usage=True):
         if args.option is not None:
             options = parse_options(args.option)
         else:
             options = cfg.deid.profile_options(args.profile)
-    except (OptionError, KeyError) as exc:
-        print(f"deid: {exc.args[0]}", file=sys.stderr)
-        return 2
     if args.config:
         keys = DeidKeys.load_or_create(cfg.node.keys)
     else:

@@ -1,33 +1,16 @@
-"""``blindread model check MODEL.onnx``: compile, encrypt, evaluate, decrypt, compare.
+"""``blindread model check MODEL.onnx``: an alias of ``python -m secure_infer.vendor model check``.
 
-Plays both parties in one process so a vendor (or a hospital evaluating a vendor model) can see,
-before anything is deployed, whether the model compiles to an HE plan, which CKKS parameters it
-gets, how long each step takes, and how far the encrypted outputs are from onnxruntime's.
-Exit codes: 0 within tolerance, 1 outside it, 2 unsupported model or bad input.
+Compiles an ONNX model to an HE plan, plays both parties locally and compares the decrypted
+outputs with onnxruntime's; arguments and handler are secure_infer's
+(:func:`secure_infer.run_model_check`). Exit codes: 0 within tolerance, 1 outside it,
+2 unsupported model or bad input.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-import tempfile
-import time
-from pathlib import Path
 
-import numpy as np
-
-from secure_infer.compiler import compile_onnx
-from secure_infer.errors import InferenceError
-from secure_infer.manifest import (
-    Code,
-    InputSpec,
-    Manifest,
-    ManifestError,
-    OutputLabel,
-    load_manifest,
-)
-from secure_infer.plan import Plan
-from secure_infer.session import HospitalSession, VendorModel, apply_activations
+from secure_infer import MODEL_CHECK_HELP, add_model_check_arguments, run_model_check
 
 __all__ = ["register"]
 
@@ -36,122 +19,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("model", help="vendor model tools")
     msub = p.add_subparsers(dest="model_command", metavar="ACTION")
     msub.required = True
-    c = msub.add_parser(
-        "check",
-        help="compile an ONNX model to an HE plan and compare encrypted outputs with onnxruntime",
-    )
-    c.add_argument("model", type=Path, help="ONNX model file")
-    c.add_argument("--manifest", type=Path, help="model manifest YAML (input range, outputs)")
-    c.add_argument("--samples", type=int, default=8, help="random inputs to try (default 8)")
-    c.add_argument("--input-npy", type=Path, help="inputs [N, C, H, W] instead of random ones")
-    c.add_argument("--approx-range", type=float, nargs=2, metavar=("LO", "HI"),
-                   help="approximate ReLU/Sigmoid/Tanh/SiLU by polynomials on [LO, HI]")
-    c.add_argument("--tolerance", type=float, default=1e-3,
-                   help="max abs difference of outputs (after the final activation), default 1e-3")
-    c.add_argument("--seed", type=int, default=0)
-    c.set_defaults(handler=_check)
-
-
-def _default_manifest(plan: Plan) -> Manifest:
-    act = plan.final_activation if plan.final_activation in ("sigmoid", "softmax") else "none"
-    return Manifest(
-        name="model-check", version="0", manufacturer="unknown", model_name=plan.name,
-        intended_use="model check only",
-        input=InputSpec(shape=plan.packing.input_shape, range=(0.0, 1.0)),
-        outputs=tuple(
-            OutputLabel(name=f"output{i}", index=i, activation=act, threshold=0.5,
-                        finding=Code(scheme="DCM", value="0", meaning="unspecified"))
-            for i in range(plan.n_outputs)
-        ),
-    )
-
-
-def _check(args: argparse.Namespace) -> int:
-    out = sys.stdout
-    try:
-        manifest = load_manifest(args.manifest) if args.manifest else None
-    except ManifestError as exc:
-        print(f"manifest error: {exc}", file=sys.stderr)
-        return 2
-    approx = (float(args.approx_range[0]), float(args.approx_range[1])) if args.approx_range \
-        else None
-    t0 = time.perf_counter()
-    try:
-        plan = compile_onnx(args.model, manifest.name if manifest else args.model.stem,
-                            manifest.version if manifest else "0", approx)
-        vendor = VendorModel.from_plan(plan, manifest or _default_manifest(plan))
-    except InferenceError as exc:
-        print(f"UNSUPPORTED: {exc}", file=sys.stderr)
-        return 2
-    t_compile = time.perf_counter() - t0
-    spec = vendor.spec
-    shape = spec.packing.input_shape
-    if args.input_npy:
-        try:
-            x = np.load(args.input_npy).astype(np.float64)
-            x = x.reshape(x.shape[0], *shape)
-        except (OSError, ValueError) as exc:
-            print(f"cannot use {args.input_npy}: {exc}", file=sys.stderr)
-            return 2
-    else:
-        lo, hi = vendor.manifest.input.range
-        x = np.random.default_rng(args.seed).uniform(lo, hi, size=(args.samples, *shape))
-    n = x.shape[0]
-    with tempfile.TemporaryDirectory(prefix="blindread-check-") as keys:
-        t0 = time.perf_counter()
-        hospital = HospitalSession.create(spec, Path(keys))
-        ctx_bytes = hospital.public_context_bytes()
-        t_keys = time.perf_counter() - t0
-        ctx = vendor.load_context(ctx_bytes)
-        t0 = time.perf_counter()
-        cts = hospital.encrypt(x)
-        t_enc = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        outs: list[bytes] = []
-        for i in range(0, len(cts), spec.max_ciphertexts):
-            outs += vendor.evaluate(ctx, cts[i : i + spec.max_ciphertexts])
-        t_eval = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        logits = hospital.decrypt(outs, n)
-        t_dec = time.perf_counter() - t0
-    got = apply_activations(logits, spec.activations)
-    clear = apply_activations(plan.forward_clear(plan.packing.pack(x)), spec.activations)
-    ref = _onnxruntime(args.model, x)
-    err_he = float(np.max(np.abs(got - clear)))
-    err = float(np.max(np.abs(got - ref)))
-    thresholds = np.array([o.threshold for o in sorted(vendor.manifest.outputs,
-                                                      key=lambda o: o.index)])
-    k = len(thresholds)
-    agree = float(np.mean((got[:, :k] >= thresholds) == (ref[:, :k] >= thresholds)))
-    p = spec.params
-    print(f"model        {args.model} ({plan.depth} levels: "
-          f"{' -> '.join(s.name for s in plan.stages)})", file=out)
-    for note in plan.notes:
-        print(f"approx       {note}", file=out)
-    print(f"parameters   N={p.poly_modulus_degree} coeff_modulus={list(p.coeff_modulus_bits)} "
-          f"({p.total_bits} bits, 128-bit secure) scale=2^{p.scale_bits}", file=out)
-    print(f"packing      {spec.packing.kind}, {spec.images_per_ciphertext} image(s)/ciphertext, "
-          f"{len(spec.galois_steps)} Galois keys", file=out)
-    print(f"traffic      context {len(ctx_bytes) / 1e6:.1f} MB once; "
-          f"up {sum(map(len, cts)) / n / 1e3:.0f} kB/image, "
-          f"down {sum(map(len, outs)) / n / 1e3:.0f} kB/image", file=out)
-    print(f"timings      compile {t_compile:.2f}s keys {t_keys:.2f}s encrypt {t_enc:.3f}s "
-          f"evaluate {t_eval:.3f}s decrypt {t_dec:.3f}s ({n} inputs, "
-          f"{(t_enc + t_eval + t_dec) / n * 1e3:.0f} ms/image)", file=out)
-    print(f"error        max |HE - onnxruntime| = {err:.3g} (HE vs plan in clear {err_he:.3g}); "
-          f"decisions agree on {agree * 100:.1f}%", file=out)
-    ok = err <= args.tolerance
-    print(f"result       {'OK' if ok else 'OUTSIDE TOLERANCE'} (tolerance {args.tolerance:g})",
-          file=out)
-    return 0 if ok else 1
-
-
-def _onnxruntime(model: Path, x: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    shape = sess.get_inputs()[0].shape
-    xin = x.reshape(x.shape[0], -1) if len(shape) == 2 else x
-    y = sess.run(None, {name: xin.astype(np.float32)})[0]
-    return np.asarray(y, dtype=np.float64).reshape(x.shape[0], -1)
+    c = msub.add_parser("check", help=MODEL_CHECK_HELP)
+    add_model_check_arguments(c)
+    c.set_defaults(handler=run_model_check)

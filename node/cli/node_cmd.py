@@ -6,6 +6,7 @@ import argparse
 import datetime as dt
 import sys
 
+from node.cli.errors import reported_as
 from node.config import load_config
 from node.logsetup import configure_logging
 from node.netsettings import destination_settings
@@ -57,11 +58,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def _echo(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
-    try:
+    with reported_as("error", KeyError, usage=True):
         dest = destination_settings(cfg, args.destination)
-    except KeyError as exc:
-        print(f"error: {exc.args[0]}", file=sys.stderr)
-        return 2
     try:
         code = echo(dest, timeout=cfg.sender.timeout_seconds)
     except ScpError as exc:

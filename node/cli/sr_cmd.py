@@ -18,6 +18,7 @@ from typing import Any
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from node.cli.errors import reported_as
 from node.config import load_config
 from node.config.sr import SrSection
 from node.keys import KeyFileError, read_secret_file
@@ -88,21 +89,16 @@ def _build(args: argparse.Namespace) -> int:
             print(f"--param {item!r}: expected KEY=VALUE", file=sys.stderr)
             return 2
         params[key] = value
-    try:
+    with reported_as("invalid SR settings", ValueError, usage=True):
         settings = _settings(args)
-    except ValueError as exc:
-        print(f"invalid SR settings: {exc}", file=sys.stderr)
-        return 2
     if args.uid_key_file:
-        try:
+        with reported_as("uid key", KeyFileError, OSError, usage=True):
             key = read_secret_file(Path(args.uid_key_file))
-        except (KeyFileError, OSError) as exc:
-            print(f"uid key: {exc}", file=sys.stderr)
-            return 2
     else:
         key = secrets.token_bytes(32)
         print("note: no --uid-key-file; UIDs are random for this preview", file=sys.stderr)
-    try:
+    # SrError -> "cannot build the SR:" and its problems, exit 1 (node.cli.errors)
+    with reported_as("manifest", ManifestError):
         manifest = load_manifest(args.manifest).public()
         outputs = load_outputs(args.outputs)
         sources, skipped = read_source_dir(args.source_dir)
@@ -119,14 +115,6 @@ def _build(args: argparse.Namespace) -> int:
             if args.sc
             else None
         )
-    except ManifestError as exc:
-        print(f"manifest: {exc}", file=sys.stderr)
-        return 1
-    except SrError as exc:
-        print("cannot build the SR:", file=sys.stderr)
-        for line in exc.problems:
-            print(f"  {line}", file=sys.stderr)
-        return 1
     write_dataset_atomic(sr, args.output)
     msg = f"wrote {args.output}: {len(read_result_sr(sr).findings)} finding(s)"
     msg += f" on {len(sources)} image(s)"
@@ -216,16 +204,14 @@ def _print_report(r: ResultReport, show_uids: bool) -> None:
 
 
 def _show(args: argparse.Namespace) -> int:
-    try:
+    def unreadable(exc: Exception) -> str:
+        # only the type is shown: the error's text can quote file content
+        return f"{args.file}: not a readable DICOM file ({type(exc).__name__})"
+
+    with reported_as(unreadable, InvalidDicomError, OSError):
         ds = pydicom.dcmread(args.file)
-    except (InvalidDicomError, OSError) as exc:
-        print(f"{args.file}: not a readable DICOM file ({type(exc).__name__})", file=sys.stderr)
-        return 1
-    try:
+    with reported_as(args.file, SrError):
         report = read_result_sr(ds)
-    except SrError as exc:
-        print(f"{args.file}: {exc}", file=sys.stderr)
-        return 1
     if args.json:
         print(json.dumps(_report_dict(report), indent=2))
     else:

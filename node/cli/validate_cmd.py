@@ -8,17 +8,12 @@ relative path under DIR, never by patient name, ID or UID.
 from __future__ import annotations
 
 import argparse
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from node.cli.errors import reported_as
 from node.config import load_config
-from node.validate import (
-    ValidateInferenceError,
-    ValidateUsageError,
-    ValidationSettings,
-    run_validation,
-)
+from node.validate import ValidationSettings, run_validation
 from node.validate.labels import LabelError
 
 __all__ = ["register"]
@@ -74,35 +69,27 @@ def _validate(args: argparse.Namespace) -> int:
     out = args.out or Path(
         f"validation-{args.model}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}"
     )
-    try:
+    with reported_as(
+        "error: cannot open the audit ledger", AuditError, KeyFileError, OSError, usage=True
+    ):
         audit = open_ledger(cfg)
-    except (AuditError, KeyFileError, OSError) as exc:
-        print(f"error: cannot open the audit ledger: {exc}", file=sys.stderr)
-        return 2
+
+    def label_problems(exc: LabelError) -> str:
+        lines = "".join(f"\n  {problem}" for problem in exc.problems)
+        return f"labels: {len(exc.problems)} problem(s) in {args.labels}:{lines}"
+
+    # ValidateUsageError -> exit 2, ValidateInferenceError -> exit 1 (node.cli.errors)
     backends = VendorBackends(cfg)
     try:
-        result = run_validation(cfg, settings, backends, audit=audit)
-    except LabelError as exc:
-        print(f"labels: {len(exc.problems)} problem(s) in {args.labels}:", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return 2
-    except ValidateUsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except ValidateInferenceError as exc:
-        print(f"inference failed: {exc}", file=sys.stderr)
-        return 1
-    except AuditError as exc:
-        print(f"error: cannot write the audit ledger: {exc}", file=sys.stderr)
-        return 1
+        with (
+            reported_as(label_problems, LabelError, usage=True),
+            reported_as("error: cannot write the audit ledger", AuditError),
+        ):
+            result = run_validation(cfg, settings, backends, audit=audit)
     finally:
         backends.close()
-    try:
+    with reported_as(f"error: cannot write the report into {out}", OSError):
         data = write_report(result, out)
-    except OSError as exc:
-        print(f"error: cannot write the report into {out}: {exc}", file=sys.stderr)
-        return 1
     a = data["auroc"]
     th = data["at_threshold"]
     print(

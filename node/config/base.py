@@ -1,7 +1,9 @@
 """Building blocks shared by every config section.
 
 Every section is a frozen pydantic model that rejects unknown keys, so a typo in an admin's YAML
-is an error at start-up instead of a silently ignored setting.
+is an error at start-up instead of a silently ignored setting. :class:`FrozenModel` and
+:data:`Port` are secure_infer's (the vendor's config is built from the same blocks); the DICOM
+AE title is the node's own.
 """
 
 from __future__ import annotations
@@ -9,15 +11,11 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator
+
+from secure_infer import FrozenModel, Port
 
 __all__ = ["AETitle", "FrozenModel", "Port"]
-
-
-class FrozenModel(BaseModel):
-    """Immutable config object; unknown keys are errors."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=False)
 
 
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
@@ -33,6 +31,3 @@ def _check_ae(value: str) -> str:
 
 AETitle = Annotated[str, AfterValidator(_check_ae)]
 """A DICOM Application Entity title (PS3.5 AE VR)."""
-
-Port = Annotated[int, Field(ge=1, le=65535)]
-"""A TCP port number."""

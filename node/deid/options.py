@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 
+from node.errors import NodeError
+
 __all__ = [
     "BASIC_PROFILE_CODE",
     "CLEAN_PIXEL_DATA_CODE",
@@ -22,7 +24,7 @@ __all__ = [
 ]
 
 
-class OptionError(ValueError):
+class OptionError(NodeError, ValueError):
     """An option name is unknown or options contradict each other."""
 
 

@@ -6,10 +6,12 @@ name or ID, so they can be logged and shown on the command line as they are.
 
 from __future__ import annotations
 
+from node.errors import NodeError
+
 __all__ = ["SrError"]
 
 
-class SrError(Exception):
+class SrError(NodeError):
     """Inputs cannot make a valid result SR (missing output, foreign image, bad probability...).
 
     ``problems`` lists every problem found, one line each.

@@ -27,8 +27,8 @@ from node.demo.phantom_study import PlantedIdentity, phantom_cr_study
 from node.demo.stack import DEMO_MODEL_DIR, Stack
 from node.logsetup import quiet_loggers
 from node.sr import read_result_sr
+from secure_infer import preprocess_for_manifest
 from secure_infer.manifest import load_manifest
-from secure_infer.preprocess import preprocess_for_manifest
 from tests.node.test_sr_build import assert_dsrdump_ok, assert_valid_dicom
 from tests.support.local_backend import record_vendor_traffic
 from tests.support.peers import require_tool

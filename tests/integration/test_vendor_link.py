@@ -29,10 +29,10 @@ import yaml
 from onnx import TensorProto, helper, numpy_helper
 
 from node.demo.localpacs import stop_process
-from secure_infer import certs
 from secure_infer.chain import verify_chain
-from secure_infer.client import ClientSettings, VendorClient, VendorUnavailableError
 from secure_infer.framing import MEDIA_TYPE, encode_frames
+from secure_infer.hospital.client import ClientSettings, VendorClient, VendorUnavailableError
+from secure_infer.vendor import certs
 from secure_infer.wire import H_CONTEXT, H_JOB, new_job_token
 from tests.support.peers import free_port
 
@@ -211,7 +211,7 @@ class VendorProcess:
         self._log = open(self.workdir / "vendor.log", "ab")
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "node", "vendor", "serve", "--config", str(self.config)],
+            [sys.executable, "-m", "secure_infer.vendor", "serve", "--config", str(self.config)],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -468,9 +468,9 @@ def _stored_files(env: Env) -> set[str]:
 
 
 def _sections(env: Env) -> dict[str, bytes]:
-    from secure_infer.session import _unpack_sections
+    from secure_infer._ckks import unpack_sections
 
-    return _unpack_sections(_session(env).public_context_bytes())
+    return unpack_sections(_session(env).public_context_bytes())
 
 
 def _parms(scheme: Any, n: int, bits: list[int]) -> bytes:
@@ -489,13 +489,13 @@ def _parms(scheme: Any, n: int, bits: list[int]) -> bytes:
 def test_context_with_secret_key_is_refused_and_not_stored(env: Env) -> None:
     import tenseal as ts
 
+    from secure_infer._ckks import pack_sections
     from secure_infer.seal_io import save_bytes
-    from secure_infer.session import _pack_sections
 
     sess = _session(env)
     sec = _sections(env)
     sec["secret_key"] = save_bytes(sess._sk)
-    data = _pack_sections(sec)
+    data = pack_sections(sec)
     before = _stored_files(env)
     _expect(env, _put_context(env, data), 400, "secret_key_present")
     # a plain TenSEAL context with its secret key is recognised too
@@ -508,22 +508,22 @@ def test_context_with_secret_key_is_refused_and_not_stored(env: Env) -> None:
 def test_context_with_weak_parameters_is_refused(env: Env) -> None:
     import tenseal.sealapi as seal
 
-    from secure_infer.session import _pack_sections
+    from secure_infer._ckks import pack_sections
 
     sec = _sections(env)
     # N=8192 allows 218 bits of modulus for 128-bit security; this has 220
     sec["parms"] = _parms(seal.SCHEME_TYPE.CKKS, 8192, [60, 50, 50, 60])
-    _expect(env, _put_context(env, _pack_sections(sec)), 400, "weak_parameters")
+    _expect(env, _put_context(env, pack_sections(sec)), 400, "weak_parameters")
 
 
 def test_context_with_wrong_scheme_is_refused(env: Env) -> None:
     import tenseal.sealapi as seal
 
-    from secure_infer.session import _pack_sections
+    from secure_infer._ckks import pack_sections
 
     sec = _sections(env)
     sec["parms"] = _parms(seal.SCHEME_TYPE.BFV, 8192, [43, 43, 44, 44, 44])
-    _expect(env, _put_context(env, _pack_sections(sec)), 400, "wrong_scheme")
+    _expect(env, _put_context(env, pack_sections(sec)), 400, "wrong_scheme")
 
 
 def test_garbage_context_is_refused(env: Env) -> None:
@@ -567,7 +567,7 @@ def test_ciphertext_for_the_wrong_context_is_refused(env: Env) -> None:
     frames = other.encrypt(inputs(1, 8, seed=4))
     _expect(env, _infer_raw(env, frames, tiny_sha), 400, "wrong_context")
     # same parameters, another hospital key: bound to its own context hash, refused as well
-    from secure_infer.session import HospitalSession
+    from secure_infer import HospitalSession
 
     stranger = HospitalSession.create(_session(env).spec, env.keys.parent / "stranger-keys")
     frames = stranger.encrypt(inputs(1, 16, seed=4))

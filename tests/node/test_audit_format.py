@@ -51,3 +51,26 @@ def test_documented_format_verifies(tmp_path: Path) -> None:
                                 "ratio": 0.25, "ok": True, "missing": None})
     pem = (tmp_path / "ledger.jsonl.pub").read_bytes()
     assert independent_verify(led.path, pem) == 3
+
+
+def test_ledger_and_vendor_chain_follow_one_format(tmp_path: Path) -> None:
+    """Both records link by the shared rules in secure_infer.chain (genesis, seq, prev_hash,
+    hash of the canonical body), so one checker walks either file."""
+    from secure_infer import ChainHead, body_hash
+    from secure_infer.chain import HashChain
+
+    led = AuditLedger.open(tmp_path / "ledger.jsonl", tmp_path / "audit.key")
+    chain = HashChain(tmp_path / "chain.jsonl")
+    for i in range(3):
+        led.append("retry", {"attempt": i})
+        chain.append(job=f"{i:032x}", model="m", model_version="1", context_sha256="c" * 64,
+                     request_sha256=f"{i:064x}", response_sha256="r" * 64)
+    for path, hash_key, unhashed in ((led.path, "hash", {"hash", "signature"}),
+                                     (chain.path, "entry_hash", {"entry_hash"})):
+        tip = ChainHead()
+        for line in path.read_text(encoding="utf-8").splitlines():
+            e = json.loads(line)
+            body = {k: v for k, v in e.items() if k not in unhashed}
+            assert tip.faults(e["seq"], e["prev_hash"], e[hash_key], body_hash(body)) == ()
+            tip = tip.then(e[hash_key])
+        assert tip.seq == 3

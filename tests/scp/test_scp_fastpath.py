@@ -1,4 +1,4 @@
-"""The C-STORE fast path (scp/fastpath.py): same answers as pynetdicom's path, engaged, safe.
+"""The C-STORE fast path (scp/_fastpath.py): same answers as pynetdicom's path, engaged, safe.
 
 The other SCP tests (dcmtk storescu with every transfer syntax, refusals, kill -9) already run
 through the fast path, since it is on by default; these check what is specific to it: that it
@@ -29,7 +29,8 @@ from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
 from scp import ScpSettings, Spool, StorageServer
-from scp.fastpath import ProtocolError, decode_command, encode_store_rsp, install
+from scp._fastpath import decode_command, encode_store_rsp, install
+from scp.errors import ProtocolError
 from tests.support.peers import free_port, peer_env, require_tool
 from tests.support.synthetic import synthetic_ct_study, write_study
 

@@ -1,4 +1,4 @@
-"""Receiving one instance into the spool (scp/incoming.py, scp/spool.PartialInstance).
+"""Receiving one instance into the spool (scp/_incoming.py, scp/_spool.PartialInstance).
 
 Bytes go to a temp file as they arrive; the status depends on free space, write errors and the
 data set's encoding; whatever is refused or cut off leaves nothing in the spool.
@@ -24,10 +24,11 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
 from scp import Spool, status
-from scp.fastpath import StoreRequest
-from scp.incoming import IncomingInstance
-from scp.spool import PartialInstance
-from scp.walk import MalformedDatasetError, walk_dataset
+from scp._fastpath import StoreRequest
+from scp._incoming import IncomingInstance
+from scp._spool import PartialInstance
+from scp._walk import walk_dataset
+from scp.errors import MalformedDatasetError
 from tests.scp.test_scp_fastpath import (
     context_id,
     pdata,
@@ -135,9 +136,9 @@ def test_partial_instance_lifecycle(tmp_path: Path) -> None:
 
 
 def test_deflate_bomb_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    import scp.walk
+    import scp._walk
 
-    monkeypatch.setattr(scp.walk, "MAX_INFLATED", 1 << 20)
+    monkeypatch.setattr(scp._walk, "MAX_INFLATED", 1 << 20)
     packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
     bomb = packer.compress(b"\x00" * (4 << 20)) + packer.flush()
     with pytest.raises(MalformedDatasetError, match="inflates beyond"):

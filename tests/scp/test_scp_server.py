@@ -326,7 +326,7 @@ def test_resend_replaces_idempotently(tmp_path: Path) -> None:
 
 def test_wrong_calling_ae_rejected(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     cfg = node_config(tmp_path, scp={"allowed_calling_ae_titles": ["GOODAE"]})
-    with running_node(cfg) as svc, caplog.at_level(logging.WARNING, logger="scp.server"):
+    with running_node(cfg) as svc, caplog.at_level(logging.WARNING, logger="scp._server"):
         ae = AE(ae_title="EVILAE")
         ae.add_requested_context(CTImageStorage)
         assoc = ae.associate("127.0.0.1", svc.port, ae_title="BLINDREAD")
@@ -350,7 +350,7 @@ def test_wrong_called_ae_rejected(tmp_path: Path) -> None:
 
 def test_disallowed_ip_rejected(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     cfg = node_config(tmp_path, scp={"allowed_networks": ["127.0.0.1/32"], "host": "0.0.0.0"})
-    with running_node(cfg) as svc, caplog.at_level(logging.WARNING, logger="scp.server"):
+    with running_node(cfg) as svc, caplog.at_level(logging.WARNING, logger="scp._server"):
         ae = AE(ae_title="FROM2")
         ae.add_requested_context(Verification)
         assoc = ae.associate(
@@ -369,7 +369,7 @@ def test_tcp_nodelay_on_both_ends(tmp_path: Path) -> None:
 
     from pynetdicom import evt
 
-    from scp.net import tune_association
+    from scp._net import tune_association
 
     with running_node(node_config(tmp_path)) as svc:
         ae = AE(ae_title="SCU")

@@ -19,8 +19,8 @@ from node.intake import Intake
 from node.jobs import JobStore
 from node.netsettings import destination_settings, scp_settings, sender_settings
 from scp import AssociationPolicy, CompletionMonitor, CompletionSettings, SenderSettings, Spool
+from scp._filemeta import file_meta_bytes
 from scp.errors import SpoolFullError
-from scp.filemeta import file_meta_bytes
 from tests.support.synthetic import synthetic_ct_study
 
 UIDS = st.from_regex(r"[1-9][0-9]{0,5}(\.[0-9]{1,8}){1,8}", fullmatch=True)

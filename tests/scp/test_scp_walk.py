@@ -1,4 +1,4 @@
-"""The data set walker (scp/walk.py) against pydicom's reader and against broken encodings."""
+"""The data set walker (scp/_walk.py) against pydicom's reader and against broken encodings."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from pydicom.uid import (
     JPEGBaseline8Bit,
 )
 
-from scp.walk import MalformedDatasetError, walk_dataset
+from scp._walk import walk_dataset
+from scp.errors import MalformedDatasetError
 from tests.scp.test_scp_server import TRUNCATED, pydicom_test_files
 
 

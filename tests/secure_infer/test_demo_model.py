@@ -26,8 +26,8 @@ from secure_infer.demo.phantoms import (
     render_phantom,
 )
 from secure_infer.demo.train import TRAIN_SEED, VAL_SEED, TrainConfig, demo_manifest, train
+from secure_infer.hospital.preprocess import preprocess_for_manifest
 from secure_infer.manifest import load_manifest
-from secure_infer.preprocess import preprocess_for_manifest
 
 MODEL_DIR: Path = DEFAULT_MODEL_DIR
 ONNX_PATH = MODEL_DIR / "model.onnx"

@@ -8,11 +8,11 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from secure_infer.compiler import compile_onnx
 from secure_infer.errors import CompileError, ParameterError
+from secure_infer.hospital.session import apply_activations
 from secure_infer.params import MAX_COEFF_BITS_128, check_security, select_params
 from secure_infer.plan import LinearStage, ReduceStage, SquareStage, diagonals
-from secure_infer.session import apply_activations
+from secure_infer.vendor.compiler import compile_onnx
 from tests.support.modelzoo import build_sequential, demo_architecture
 
 

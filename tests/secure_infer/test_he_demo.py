@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from secure_infer.session import HospitalSession, PlanSpec, VendorModel
+from secure_infer import HospitalSession, PlanSpec, VendorModel
 from tests.support.modelzoo import demo_architecture
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,9 +14,10 @@ import tenseal as ts
 import tenseal.sealapi as seal
 import yaml
 
+from secure_infer import HospitalSession, PlanSpec, VendorModel
+from secure_infer._ckks import pack_sections
 from secure_infer.errors import CiphertextError, ContextError, ParameterError
 from secure_infer.seal_io import save_bytes
-from secure_infer.session import HospitalSession, PlanSpec, VendorModel, _pack_sections
 from tests.support.modelzoo import build_sequential
 
 
@@ -107,9 +108,9 @@ def test_outputs_rerandomized(pair: tuple[VendorModel, HospitalSession, Path]) -
 
 
 def _sections(hs: HospitalSession) -> dict[str, bytes]:
-    from secure_infer.session import _unpack_sections
+    from secure_infer._ckks import unpack_sections
 
-    return _unpack_sections(hs.public_context_bytes())
+    return unpack_sections(hs.public_context_bytes())
 
 
 def test_context_with_secret_key_refused(pair: tuple[VendorModel, HospitalSession, Path]) -> None:
@@ -117,12 +118,12 @@ def test_context_with_secret_key_refused(pair: tuple[VendorModel, HospitalSessio
     sec = _sections(hs)
     sec["secret_key"] = save_bytes(hs._sk)
     with pytest.raises(ContextError) as exc:
-        vm.load_context(_pack_sections(sec))
+        vm.load_context(pack_sections(sec))
     assert exc.value.code == "secret_key_present"
     sec = _sections(hs)
     sec["public_key"] = save_bytes(hs._sk)  # a secret key disguised as the public key
     with pytest.raises(ContextError) as exc:
-        vm.load_context(_pack_sections(sec))
+        vm.load_context(pack_sections(sec))
     assert exc.value.code == "secret_key_present"
     private = ts.context(ts.SCHEME_TYPE.CKKS, 8192, coeff_mod_bit_sizes=[40, 30, 40])
     with pytest.raises(ContextError) as exc:
@@ -155,7 +156,7 @@ def test_context_parameter_checks(
     sec = _sections(hs)
     sec["parms"] = _parms(*parms)
     with pytest.raises(ContextError) as exc:
-        vm.load_context(_pack_sections(sec))
+        vm.load_context(pack_sections(sec))
     assert exc.value.code == code
 
 
@@ -169,7 +170,7 @@ def test_malformed_contexts(pair: tuple[VendorModel, HospitalSession, Path]) -> 
     sec = _sections(hs)
     sec["galois_keys"] = sec["galois_keys"][:-100]
     with pytest.raises(ContextError) as exc:
-        vm.load_context(_pack_sections(sec))
+        vm.load_context(pack_sections(sec))
     assert exc.value.code == "malformed_context"
 
 

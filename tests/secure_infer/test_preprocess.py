@@ -8,14 +8,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from secure_infer.manifest import InputSpec, Preprocessing
-from secure_infer.preprocess import (
+from secure_infer.hospital.preprocess import (
     PreprocessError,
     apply_window,
     min_max,
     preprocess,
     resize,
 )
+from secure_infer.manifest import InputSpec, Preprocessing
 
 IN64 = InputSpec(shape=(1, 64, 64), range=(0.0, 1.0))
 

@@ -21,11 +21,11 @@ from hypothesis import strategies as st
 from node.cli import main
 from node.config import ConfigError
 from node.config.inference import VendorPeerSection
-from node.config.vendor import load_vendor_config
-from secure_infer import certs
 from secure_infer.chain import ChainError, HashChain, verify_chain
 from secure_infer.framing import FramingError, decode_frames, encode_frames
-from secure_infer.server_store import ContextStore, hospital_namespace
+from secure_infer.vendor import certs
+from secure_infer.vendor._store import ContextStore, hospital_namespace
+from secure_infer.vendor.config import VendorConfigError, load_vendor_config
 from secure_infer.wire import BadRequestError, check_job_token, new_job_token
 from tests.support.peers import require_tool
 
@@ -212,7 +212,7 @@ def test_vendor_example_config_loads() -> None:
 def test_vendor_config_errors_name_paths(tmp_path: Path) -> None:
     p = tmp_path / "v.yaml"
     p.write_text("listen:\n  port: 0\ntls:\n  cert: a\nlimits:\n  workers: 0\n  bogus: 1\n")
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(VendorConfigError) as info:
         load_vendor_config(p)
     problems = info.value.problems
     assert "listen.port: must be >= 1, got 0" in problems
@@ -241,7 +241,7 @@ def test_vendor_config_relative_paths(tmp_path: Path) -> None:
         *(tmp_path / "zoo" / n / "manifest.yaml" for n in ("a", "b", "m")),
     )
     p.write_text("tls: {cert: a, key: b, client_ca: c}\n")
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(VendorConfigError) as info:
         load_vendor_config(p)
     assert any("list at least one manifest.yaml" in x for x in info.value.problems)
 
@@ -291,7 +291,10 @@ def test_vendor_unit_verifies_and_is_hardened(tmp_path: Path) -> None:
     # verify with an ExecStart that exists on this machine
     unit = tmp_path / "blindread-vendor.service"
     unit.write_text(
-        text.replace("/usr/bin/blindread", f"{os.path.realpath(sys.executable)} -m node")
+        text.replace(
+            "/usr/bin/blindread-vendor",
+            f"{os.path.realpath(sys.executable)} -m secure_infer.vendor",
+        )
     )
     res = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -317,7 +320,7 @@ def test_vendor_serve_refuses_bad_config_and_missing_tls(
 def test_client_gives_up_after_max_attempts_on_connection_errors(tmp_path: Path) -> None:
     import time
 
-    from secure_infer.client import ClientSettings, VendorClient, VendorUnavailableError
+    from secure_infer.hospital.client import ClientSettings, VendorClient, VendorUnavailableError
     from tests.support.peers import free_port
 
     certs.create_ca(tmp_path / "ca")
@@ -336,3 +339,68 @@ def test_client_gives_up_after_max_attempts_on_connection_errors(tmp_path: Path)
         c.health()
     assert "after 3 attempts" in str(e.value) and "ConnectError" in str(e.value)
     assert time.monotonic() - t0 >= 0.15  # backed off 0.05 + 0.1
+
+
+# ------------------------------------------------------------------ entry point without node
+_BLOCK_NODE = "import sys; sys.modules['node'] = None; "
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import secure_infer.vendor.cli",
+        "import runpy; sys.argv = ['secure_infer.vendor', '--help']; "
+        "runpy.run_module('secure_infer.vendor', run_name='__main__')",
+    ],
+)
+def test_vendor_entry_point_runs_without_node(code: str) -> None:
+    res = subprocess.run(
+        [sys.executable, "-c", _BLOCK_NODE + code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    if "--help" in code:
+        assert "serve" in res.stdout and "issue-cert" in res.stdout
+
+
+def test_vendor_cli_issues_certs_without_node(tmp_path: Path) -> None:
+    code = (
+        _BLOCK_NODE + "from secure_infer.vendor.cli import main; "
+        f"raise SystemExit(main(['issue-cert', 'ca', '--ca-dir', {str(tmp_path)!r}]))"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert stat.S_IMODE((tmp_path / "ca.key").stat().st_mode) == 0o600
+
+
+def test_every_secure_infer_error_descends_from_inference_error() -> None:
+    import secure_infer
+    from secure_infer import InferenceError
+
+    for name in secure_infer.__all__:
+        obj = getattr(secure_infer, name)
+        if isinstance(obj, type) and issubclass(obj, Exception):
+            assert issubclass(obj, InferenceError), name
+    from secure_infer.framing import FramingError as Framing
+    from secure_infer.vendor._pool import RemoteError
+    from secure_infer.wire import (
+        BadRequestError as Bad,
+    )
+    from secure_infer.wire import (
+        ServerBusyError,
+        ServerTimeoutError,
+        TooLargeError,
+        UnauthenticatedError,
+    )
+
+    for cls in (Framing, RemoteError, Bad, ServerBusyError, ServerTimeoutError, TooLargeError,
+                UnauthenticatedError, ChainError):
+        assert issubclass(cls, InferenceError), cls

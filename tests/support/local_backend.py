@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from node.pipeline import InferenceOutcome
-from secure_infer import client as client_module
-from secure_infer.client import apply_activations
+from secure_infer import HospitalSession, VendorModel
+from secure_infer.hospital import client as client_module
+from secure_infer.hospital.client import apply_activations
 from secure_infer.manifest import Manifest
-from secure_infer.session import HospitalSession, VendorModel
 
 
 class LocalBackend:

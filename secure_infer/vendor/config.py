@@ -1,24 +1,44 @@
-"""The vendor peer's config file (``blindread vendor serve --config FILE``).
+"""The vendor peer's config file (``python -m secure_infer.vendor serve --config FILE``).
 
-Loaded with :func:`node.config.load_model` so every problem is reported with its YAML path.
-Relative paths are resolved against the config file's folder by :func:`load_vendor_config`.
+Loaded with :func:`secure_infer.yamlconfig.load_yaml_model` so every problem is reported with
+its YAML path (:class:`VendorConfigError`). Relative paths are resolved against the config
+file's folder by :func:`load_vendor_config`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import Field, model_validator
 
-from node.config.base import FrozenModel, Port
+from secure_infer.errors import InferenceError
+from secure_infer.yamlconfig import FrozenModel, Port, load_yaml_model
 
 __all__ = [
     "VendorConfig",
+    "VendorConfigError",
     "VendorLimitsSection",
     "VendorListenSection",
     "VendorTlsSection",
     "load_vendor_config",
 ]
+
+
+class VendorConfigError(InferenceError):
+    """The vendor's config file is missing, unreadable, not YAML, or not valid.
+
+    ``problems`` lists every problem found (not only the first), one line each, named by its
+    YAML path.
+    """
+
+    code = "invalid_config"
+
+    def __init__(self, source: str, problems: Sequence[str]) -> None:
+        self.source = source
+        self.problems = list(problems)
+        joined = "\n  ".join(self.problems)
+        super().__init__(f"{source}: {len(self.problems)} problem(s):\n  {joined}")
 
 
 class VendorListenSection(FrozenModel):
@@ -83,10 +103,8 @@ def _resolve(base: Path, p: Path) -> Path:
 
 def load_vendor_config(path: str | Path) -> VendorConfig:
     """Load, validate and resolve relative paths against the file's folder."""
-    from node.config import load_model
-
     p = Path(path)
-    cfg = load_model(p, VendorConfig)
+    cfg = load_yaml_model(p, VendorConfig, VendorConfigError)
     base = p.resolve().parent
     tls = cfg.tls.model_copy(
         update={k: _resolve(base, getattr(cfg.tls, k)) for k in ("cert", "key", "client_ca")}

@@ -20,17 +20,7 @@ import tenseal.sealapi as seal
 from secure_infer.params import CkksParams
 from secure_infer.plan import LinearStage, Plan, ReduceStage, diagonals
 
-__all__ = ["PlanEvaluator", "make_context", "slot_layout"]
-
-
-def make_context(params: CkksParams) -> seal.SEALContext:
-    """A SEAL CKKS context that enforces 128-bit security itself (``tc128``)."""
-    parms = seal.EncryptionParameters(seal.SCHEME_TYPE.CKKS)
-    parms.set_poly_modulus_degree(params.poly_modulus_degree)
-    parms.set_coeff_modulus(
-        seal.CoeffModulus.Create(params.poly_modulus_degree, list(params.coeff_modulus_bits))
-    )
-    return seal.SEALContext(parms, True, seal.SEC_LEVEL_TYPE.TC128)
+__all__ = ["PlanEvaluator", "slot_layout"]
 
 
 def slot_layout(values: np.ndarray, period: int, elements: int, images: int) -> np.ndarray:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +18,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from durable_io import atomic_write
 
 __all__ = [
     "CertPair",
@@ -43,18 +43,11 @@ class CertPair:
 
 
 def _write(path: Path, data: bytes, mode: int, overwrite: bool) -> None:
-    """Write via temp + fsync + rename, with ``mode`` set before any byte is written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write durably (:func:`durable_io.atomic_write`), with ``mode`` set before any byte is
+    written; an existing file is kept unless ``overwrite``."""
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; refusing to overwrite (use --force)")
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    atomic_write(path, data, mode=mode)
 
 
 def _new_key() -> ec.EllipticCurvePrivateKey:

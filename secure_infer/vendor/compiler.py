@@ -8,13 +8,19 @@ maps are then folded into one matrix per stage, ``c`` into the preceding bias an
 the following stage, so each stage costs exactly one CKKS level. A final Sigmoid/Softmax is
 stripped: the hospital applies it after decryption.
 
-Anything else raises :class:`~secure_infer.errors.CompileError` naming the node, its op type and
-what to do. Dense matrices are built with numpy (no scipy dependency); the size guard keeps them
-within what a CKKS ciphertext can hold anyway.
+Each ONNX op type has one small handler in ``_CKKS_LOWERING`` (op type -> handler); the walk
+only checks that the graph is a single path, folds constants and fuses SiLU, then hands every
+node to its handler. Another engine (Cheetah 2PC) will add a lowering table of its own beside it.
+An op without a handler, or a form of one its handler cannot lower, raises
+:class:`~secure_infer.errors.CompileError` naming the node, its op type and what to do.
+
+Dense matrices are built with numpy (no scipy dependency); the size guard keeps them within
+what a CKKS ciphertext can hold anyway.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,10 +29,10 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from secure_infer.approx import fit_quadratic
 from secure_infer.errors import CompileError
 from secure_infer.packing import InputPacking, next_pow2
 from secure_infer.plan import LinearStage, Plan, ReduceStage, SquareStage, Stage
+from secure_infer.vendor.approx import fit_quadratic
 
 __all__ = ["compile_onnx"]
 
@@ -46,6 +52,7 @@ class _Sq:
 
 
 _Op = _Lin | _Sq
+_Shape = tuple[int, ...]
 
 
 def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
@@ -289,7 +296,7 @@ class _Compiler:
                     skip.add(id(users[0]))
                     cur = users[0].output[0]
                     continue
-            shape = self.node(node, cur, shape, in_shape3)
+            shape = self.lower(node, cur, shape, in_shape3)
             cur = node.output[0]
         if cur != out_name:
             raise CompileError(f"the graph output {out_name!r} is not produced by the main path")
@@ -313,151 +320,314 @@ class _Compiler:
         )
         self.quad(a2, a1, a0, int(np.prod(shape)))
 
-    def node(
-        self, node: onnx.NodeProto, cur: str, shape: tuple[int, ...], in3: tuple[int, ...]
-    ) -> tuple[int, ...]:
-        op = node.op_type
-        a = _attrs(node)
-        size = int(np.prod(shape))
-        consts = [self.consts[i] for i in node.input if i in self.consts]
-        if op in ("Identity", "Dropout"):
-            return shape
-        if op in ("Flatten",):
-            if a.get("axis", 1) != 1:
-                raise _err(node, "Flatten must keep the batch axis (axis=1)")
-            return (size,)
-        if op == "Reshape":
-            target = [int(v) for v in np.asarray(consts[0]).reshape(-1)]
-            if not target or target[0] not in (0, -1, 1) or (target[0] == -1 and -1 in target[1:]):
-                raise _err(node, f"reshape to {target} must keep the batch axis first")
-            rest = target[1:]
-            if -1 in rest:
-                known = int(np.prod([r for r in rest if r != -1])) or 1
-                rest = [size // known if r == -1 else r for r in rest]
-            if int(np.prod(rest)) != size:
-                raise _err(node, f"cannot reshape {list(shape)} to {rest}")
-            return tuple(rest)
-        if op == "Conv":
-            w = np.asarray(consts[0], dtype=np.float64)
-            if w.ndim != 4:
-                raise _err(node, "only 2-D convolutions are supported")
-            group = int(a.get("group", 1))
-            if len(shape) != 3 or shape[0] != w.shape[1] * group:
-                raise _err(node, f"weights {list(w.shape)} do not match input {list(shape)}")
-            pk = _spatial(node, shape, (int(w.shape[2]), int(w.shape[3])))
-            bias = (np.asarray(consts[1], dtype=np.float64) if len(consts) > 1
-                    else np.zeros(w.shape[0]))
-            oh, ow = pk.out_hw
-            out = (int(w.shape[0]), oh, ow)
-            b_nat = np.repeat(bias, oh * ow)
-            if not self.ops and self.packing is None and shape == tuple(in3):
-                if pk.raw_length > _MAX_DIM:
-                    raise _err(node, f"im2col input of {pk.raw_length} values exceeds {_MAX_DIM}; "
-                               "downscale the input or use a public prefix network")
-                self.packing = pk
-                mat, sel = _conv_im2col(w, group, pk)
-                self.lin(mat, sel.T @ b_nat, "pad")
-                self.lin(sel, np.zeros(sel.shape[0]), "sel")
-            else:
-                self.check_size(node, int(np.prod(out)), size)
-                self.lin(_conv_natural(w, group, shape, pk), b_nat)
-            return out
-        if op in ("Gemm", "MatMul"):
-            if len(shape) != 1:
-                raise _err(node, f"expects a flattened [N, F] input, got [N, {shape}]; add Flatten")
-            if node.input[0] != cur:
-                raise _err(node, "the running tensor must be the first (A) input")
-            w = np.asarray(consts[0], dtype=np.float64)
-            if op == "Gemm":
-                if a.get("transA", 0):
-                    raise _err(node, "transA=1 is not supported")
-                mat = w if a.get("transB", 0) else w.T
-                mat = mat * float(a.get("alpha", 1.0))
-                bias = (np.zeros(mat.shape[0]) if len(consts) < 2 else
-                        float(a.get("beta", 1.0)) * np.broadcast_to(
-                            np.asarray(consts[1], dtype=np.float64).reshape(-1), (mat.shape[0],)))
-            else:
-                mat, bias = w.T, np.zeros(w.shape[1])
-            if mat.shape[1] != size:
-                raise _err(node, f"weight has {mat.shape[1]} inputs but the tensor has {size}")
-            self.check_size(node, mat.shape[0], size)
-            self.lin(mat, bias)
-            return (int(mat.shape[0]),)
-        if op in ("Add", "Sub", "Mul", "Div") and len(node.input) == 2:
-            if node.input[0] == cur and node.input[1] == cur:
-                if op == "Mul":
-                    self.quad(1.0, 0.0, 0.0, size)
-                    return shape
-                if op == "Add":
-                    self.diag(np.full(size, 2.0), np.zeros(size))
-                    return shape
-                raise _err(node, "x-x / x/x is degenerate; remove the node")
-            c = _broadcast_const(node, consts[0], shape)
-            first = node.input[0] == cur
-            if op == "Add":
-                self.diag(np.ones(size), c)
-            elif op == "Sub":
-                self.diag(np.full(size, 1.0 if first else -1.0), -c if first else c)
-            elif op == "Mul":
-                self.diag(c, np.zeros(size))
-            else:
-                if not first:
-                    raise _err(node, "division by the encrypted tensor is not possible under CKKS")
-                self.diag(1.0 / c, np.zeros(size))
-            return shape
-        if op == "Pow":
-            e = np.asarray(consts[0]).reshape(-1)
-            if e.size != 1 or float(e[0]) not in (1.0, 2.0):
-                raise _err(node, "only Pow(x, 2) is supported; use x*x or a polynomial")
-            if float(e[0]) == 2.0:
-                self.quad(1.0, 0.0, 0.0, size)
-            return shape
-        if op == "Neg":
-            self.diag(np.full(size, -1.0), np.zeros(size))
-            return shape
-        if op == "BatchNormalization":
-            if len(shape) < 1:
-                raise _err(node, "needs a channel axis")
-            gamma, beta, mean, var = (np.asarray(v, dtype=np.float64) for v in consts[:4])
-            eps = float(a.get("epsilon", 1e-5))
-            sc = gamma / np.sqrt(var + eps)
-            sh = beta - mean * sc
-            per = size // shape[0]
-            self.diag(np.repeat(sc, per), np.repeat(sh, per))
-            return shape
-        if op in ("AveragePool", "GlobalAveragePool"):
-            if len(shape) != 3:
-                raise _err(node, f"expects [C, H, W], got {list(shape)}")
-            if op == "GlobalAveragePool":
-                kernel = (shape[1], shape[2])
-                pk = InputPacking("im2col", shape, kernel)
-                include = False
-            else:
-                ks = a.get("kernel_shape")
-                assert isinstance(ks, list)
-                pk = _spatial(node, shape, (int(ks[0]), int(ks[1])))
-                if pk.dilation != (1, 1):
-                    raise _err(node, "dilated pooling is not supported")
-                include = bool(a.get("count_include_pad", 0))
-            mat, out = _pool_matrix(shape, pk, include)
-            self.lin(mat, np.zeros(mat.shape[0]))
-            return out
-        if op in ("Relu", "Sigmoid", "Tanh"):
-            self.activation(node, op, shape)
-            return shape
-        hint = {
-            "MaxPool": "replace it by AveragePool",
-            "Softmax": "a Softmax is only supported as the final node (applied by the hospital)",
-            "Concat": "only single-path networks are supported",
-        }.get(op, "supported: Conv, Gemm, MatMul, Add, Sub, Mul, Div, BatchNormalization, "
-                  "AveragePool, GlobalAveragePool, Flatten, Reshape, Mul(x,x), Pow(x,2), and "
-                  "Relu/Sigmoid/Tanh/SiLU with --approx-range")
-        raise _err(node, f"unsupported operation; {hint}")
+    def lower(self, node: onnx.NodeProto, cur: str, shape: _Shape, in3: _Shape) -> _Shape:
+        """Lower one node on the running path with its handler; return the new tensor shape."""
+        handler = _CKKS_LOWERING.get(node.op_type)
+        if handler is None:
+            raise _unsupported(node)
+        at = _At(
+            node,
+            _attrs(node),
+            [self.consts[i] for i in node.input if i in self.consts],
+            cur,
+            shape,
+            in3,
+        )
+        return handler(self, at)
 
     def check_size(self, node: onnx.NodeProto, m: int, n: int) -> None:
         if m > _MAX_DIM or n > _MAX_DIM:
             raise _err(node, f"a {m}x{n} linear map exceeds {_MAX_DIM} values per image; "
                        "reduce the layer size or move it into a public prefix network")
+
+
+# --- one handler per ONNX op ---------------------------------------------------------------------
+# A handler lowers one node of the running path for the CKKS engine: it appends affine maps and
+# squares to the compiler (``c.lin``/``c.diag``/``c.quad``/``c.activation``) and returns the shape
+# of the tensor it produces (without the batch axis), or raises ``at.err(...)`` saying what to do.
+# Another engine (Cheetah 2PC) adds a table of its own next to ``_CKKS_LOWERING``.
+
+
+@dataclass(frozen=True)
+class _At:
+    """One ONNX node at its place on the running path: everything a handler reads."""
+
+    node: onnx.NodeProto
+    attrs: dict[str, Any]
+    consts: list[np.ndarray]  # its constant inputs (initializers, Constant nodes), in order
+    cur: str  # name of the running (encrypted) tensor
+    shape: _Shape  # the running tensor's shape without the batch axis
+    in3: _Shape  # the model input as [C, H, W]
+
+    @property
+    def size(self) -> int:
+        """Values per image in the running tensor."""
+        return int(np.prod(self.shape))
+
+    def err(self, what: str) -> CompileError:
+        """A CompileError naming this node and its op type."""
+        return _err(self.node, what)
+
+
+_Handler = Callable[["_Compiler", _At], _Shape]
+
+_UNSUPPORTED_HINTS = {
+    "MaxPool": "replace it by AveragePool",
+    "Softmax": "a Softmax is only supported as the final node (applied by the hospital)",
+    "Concat": "only single-path networks are supported",
+}
+_SUPPORTED = (
+    "supported: Conv, Gemm, MatMul, Add, Sub, Mul, Div, BatchNormalization, "
+    "AveragePool, GlobalAveragePool, Flatten, Reshape, Mul(x,x), Pow(x,2), and "
+    "Relu/Sigmoid/Tanh/SiLU with --approx-range"
+)
+
+
+def _unsupported(node: onnx.NodeProto) -> CompileError:
+    """The error for an op type (or form of one) no handler lowers, with what to do instead."""
+    return _err(node, f"unsupported operation; {_UNSUPPORTED_HINTS.get(node.op_type, _SUPPORTED)}")
+
+
+def _lower_identity(c: _Compiler, at: _At) -> _Shape:
+    """Identity, Dropout (inference mode): nothing to compute."""
+    return at.shape
+
+
+def _lower_flatten(c: _Compiler, at: _At) -> _Shape:
+    """Flatten: the packed vector is already flat; only the batch axis may stay apart."""
+    if at.attrs.get("axis", 1) != 1:
+        raise at.err("Flatten must keep the batch axis (axis=1)")
+    return (at.size,)
+
+
+def _lower_reshape(c: _Compiler, at: _At) -> _Shape:
+    """Reshape to a constant target that keeps the batch axis first; no values move."""
+    target = [int(v) for v in np.asarray(at.consts[0]).reshape(-1)]
+    if not target or target[0] not in (0, -1, 1) or (target[0] == -1 and -1 in target[1:]):
+        raise at.err(f"reshape to {target} must keep the batch axis first")
+    rest = target[1:]
+    if -1 in rest:
+        known = int(np.prod([r for r in rest if r != -1])) or 1
+        rest = [at.size // known if r == -1 else r for r in rest]
+    if int(np.prod(rest)) != at.size:
+        raise at.err(f"cannot reshape {list(at.shape)} to {rest}")
+    return tuple(rest)
+
+
+def _lower_conv(c: _Compiler, at: _At) -> _Shape:
+    """Conv (2-D, grouped): on the model input it becomes the im2col packing and a few-diagonal
+    matrix; anywhere else one dense matrix on the natural [C, H, W] layout."""
+    w = np.asarray(at.consts[0], dtype=np.float64)
+    if w.ndim != 4:
+        raise at.err("only 2-D convolutions are supported")
+    group = int(at.attrs.get("group", 1))
+    shape = at.shape
+    if len(shape) != 3 or shape[0] != w.shape[1] * group:
+        raise at.err(f"weights {list(w.shape)} do not match input {list(shape)}")
+    pk = _spatial(at.node, shape, (int(w.shape[2]), int(w.shape[3])))
+    bias = (np.asarray(at.consts[1], dtype=np.float64) if len(at.consts) > 1
+            else np.zeros(w.shape[0]))
+    oh, ow = pk.out_hw
+    out = (int(w.shape[0]), oh, ow)
+    b_nat = np.repeat(bias, oh * ow)
+    if not c.ops and c.packing is None and shape == tuple(at.in3):
+        if pk.raw_length > _MAX_DIM:
+            raise at.err(f"im2col input of {pk.raw_length} values exceeds {_MAX_DIM}; "
+                         "downscale the input or use a public prefix network")
+        c.packing = pk
+        mat, sel = _conv_im2col(w, group, pk)
+        c.lin(mat, sel.T @ b_nat, "pad")
+        c.lin(sel, np.zeros(sel.shape[0]), "sel")
+    else:
+        c.check_size(at.node, int(np.prod(out)), at.size)
+        c.lin(_conv_natural(w, group, shape, pk), b_nat)
+    return out
+
+
+def _dense_weight(at: _At) -> np.ndarray:
+    """The constant weight of a Gemm/MatMul whose first (A) input is the flat running tensor."""
+    if len(at.shape) != 1:
+        raise at.err(f"expects a flattened [N, F] input, got [N, {at.shape}]; add Flatten")
+    if at.node.input[0] != at.cur:
+        raise at.err("the running tensor must be the first (A) input")
+    return np.asarray(at.consts[0], dtype=np.float64)
+
+
+def _emit_dense(c: _Compiler, at: _At, mat: np.ndarray, bias: np.ndarray) -> _Shape:
+    """Append ``y = mat x + bias`` after checking it fits the running tensor and the ring."""
+    if mat.shape[1] != at.size:
+        raise at.err(f"weight has {mat.shape[1]} inputs but the tensor has {at.size}")
+    c.check_size(at.node, mat.shape[0], at.size)
+    c.lin(mat, bias)
+    return (int(mat.shape[0]),)
+
+
+def _lower_gemm(c: _Compiler, at: _At) -> _Shape:
+    """Gemm: ``alpha * x B' + beta * C`` with B (optionally transposed) and C constant."""
+    w = _dense_weight(at)
+    a = at.attrs
+    if a.get("transA", 0):
+        raise at.err("transA=1 is not supported")
+    mat = w if a.get("transB", 0) else w.T
+    mat = mat * float(a.get("alpha", 1.0))
+    bias = (np.zeros(mat.shape[0]) if len(at.consts) < 2 else
+            float(a.get("beta", 1.0)) * np.broadcast_to(
+                np.asarray(at.consts[1], dtype=np.float64).reshape(-1), (mat.shape[0],)))
+    return _emit_dense(c, at, mat, bias)
+
+
+def _lower_matmul(c: _Compiler, at: _At) -> _Shape:
+    """MatMul: ``x W`` with W constant."""
+    w = _dense_weight(at)
+    return _emit_dense(c, at, w.T, np.zeros(w.shape[1]))
+
+
+def _elementwise(at: _At) -> tuple[np.ndarray, bool] | None:
+    """For Add/Sub/Mul/Div: (the constant broadcast to the running tensor, whether the tensor
+    is the first operand), or ``None`` when both operands are the running tensor."""
+    if len(at.node.input) != 2:
+        raise _unsupported(at.node)
+    if at.node.input[0] == at.cur and at.node.input[1] == at.cur:
+        return None
+    return _broadcast_const(at.node, at.consts[0], at.shape), at.node.input[0] == at.cur
+
+
+def _const_operand(at: _At) -> tuple[np.ndarray, bool]:
+    """:func:`_elementwise` for Sub and Div, where ``x - x`` and ``x / x`` are refused."""
+    operand = _elementwise(at)
+    if operand is None:
+        raise at.err("x-x / x/x is degenerate; remove the node")
+    return operand
+
+
+def _lower_add(c: _Compiler, at: _At) -> _Shape:
+    """Add a constant (a bias), or ``x + x`` (a scale by 2)."""
+    operand = _elementwise(at)
+    if operand is None:
+        c.diag(np.full(at.size, 2.0), np.zeros(at.size))
+    else:
+        c.diag(np.ones(at.size), operand[0])
+    return at.shape
+
+
+def _lower_sub(c: _Compiler, at: _At) -> _Shape:
+    """``x - k`` or ``k - x`` with a constant ``k``."""
+    k, first = _const_operand(at)
+    c.diag(np.full(at.size, 1.0 if first else -1.0), -k if first else k)
+    return at.shape
+
+
+def _lower_mul(c: _Compiler, at: _At) -> _Shape:
+    """Multiply by a constant (a diagonal map), or ``x * x`` (a square: one CKKS level)."""
+    operand = _elementwise(at)
+    if operand is None:
+        c.quad(1.0, 0.0, 0.0, at.size)
+    else:
+        c.diag(operand[0], np.zeros(at.size))
+    return at.shape
+
+
+def _lower_div(c: _Compiler, at: _At) -> _Shape:
+    """Divide by a constant; dividing by the encrypted tensor has no CKKS form."""
+    k, first = _const_operand(at)
+    if not first:
+        raise at.err("division by the encrypted tensor is not possible under CKKS")
+    c.diag(1.0 / k, np.zeros(at.size))
+    return at.shape
+
+
+def _lower_pow(c: _Compiler, at: _At) -> _Shape:
+    """Pow with a constant exponent of 2 (a square) or 1 (nothing)."""
+    e = np.asarray(at.consts[0]).reshape(-1)
+    if e.size != 1 or float(e[0]) not in (1.0, 2.0):
+        raise at.err("only Pow(x, 2) is supported; use x*x or a polynomial")
+    if float(e[0]) == 2.0:
+        c.quad(1.0, 0.0, 0.0, at.size)
+    return at.shape
+
+
+def _lower_neg(c: _Compiler, at: _At) -> _Shape:
+    """Neg: a diagonal of -1."""
+    c.diag(np.full(at.size, -1.0), np.zeros(at.size))
+    return at.shape
+
+
+def _lower_batchnorm(c: _Compiler, at: _At) -> _Shape:
+    """BatchNormalization (inference): a per-channel scale and shift."""
+    if len(at.shape) < 1:
+        raise at.err("needs a channel axis")
+    gamma, beta, mean, var = (np.asarray(v, dtype=np.float64) for v in at.consts[:4])
+    eps = float(at.attrs.get("epsilon", 1e-5))
+    sc = gamma / np.sqrt(var + eps)
+    sh = beta - mean * sc
+    per = at.size // at.shape[0]
+    c.diag(np.repeat(sc, per), np.repeat(sh, per))
+    return at.shape
+
+
+def _chw(at: _At) -> tuple[int, int, int]:
+    """The running tensor as [C, H, W], or the error a pooling op gives without one."""
+    if len(at.shape) != 3:
+        raise at.err(f"expects [C, H, W], got {list(at.shape)}")
+    ch, h, w = at.shape
+    return ch, h, w
+
+
+def _emit_pool(c: _Compiler, shape: tuple[int, int, int], pk: InputPacking,
+               include_pad: bool) -> _Shape:
+    """Append the averaging matrix of a pooling window ``pk`` and return the pooled shape."""
+    mat, out = _pool_matrix(shape, pk, include_pad)
+    c.lin(mat, np.zeros(mat.shape[0]))
+    return out
+
+
+def _lower_average_pool(c: _Compiler, at: _At) -> _Shape:
+    """AveragePool (2-D, undilated): a fixed averaging matrix."""
+    shape = _chw(at)
+    ks = at.attrs.get("kernel_shape")
+    assert isinstance(ks, list)
+    pk = _spatial(at.node, shape, (int(ks[0]), int(ks[1])))
+    if pk.dilation != (1, 1):
+        raise at.err("dilated pooling is not supported")
+    return _emit_pool(c, shape, pk, bool(at.attrs.get("count_include_pad", 0)))
+
+
+def _lower_global_average_pool(c: _Compiler, at: _At) -> _Shape:
+    """GlobalAveragePool: the mean of each channel."""
+    shape = _chw(at)
+    pk = InputPacking("im2col", shape, (shape[1], shape[2]))
+    return _emit_pool(c, shape, pk, False)
+
+
+def _lower_activation(c: _Compiler, at: _At) -> _Shape:
+    """Relu, Sigmoid, Tanh: a quadratic fit on the declared input range (opt-in)."""
+    c.activation(at.node, at.node.op_type, at.shape)
+    return at.shape
+
+
+_CKKS_LOWERING: Mapping[str, _Handler] = {
+    "Identity": _lower_identity,
+    "Dropout": _lower_identity,
+    "Flatten": _lower_flatten,
+    "Reshape": _lower_reshape,
+    "Conv": _lower_conv,
+    "Gemm": _lower_gemm,
+    "MatMul": _lower_matmul,
+    "Add": _lower_add,
+    "Sub": _lower_sub,
+    "Mul": _lower_mul,
+    "Div": _lower_div,
+    "Pow": _lower_pow,
+    "Neg": _lower_neg,
+    "BatchNormalization": _lower_batchnorm,
+    "AveragePool": _lower_average_pool,
+    "GlobalAveragePool": _lower_global_average_pool,
+    "Relu": _lower_activation,
+    "Sigmoid": _lower_activation,
+    "Tanh": _lower_activation,
+}
+"""How the CKKS engine lowers each ONNX op type it supports; any other raises ``_unsupported``.
+(Constant nodes, a final Sigmoid/Softmax and the SiLU pattern are handled by the walk itself.)"""
 
 
 def _compose(ops: list[_Lin]) -> tuple[np.ndarray, np.ndarray]:

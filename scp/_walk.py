@@ -23,7 +23,9 @@ from dataclasses import dataclass
 
 from pydicom.uid import UID
 
-__all__ = ["MAX_INFLATED", "DatasetUids", "MalformedDatasetError", "walk_dataset"]
+from scp.errors import MalformedDatasetError
+
+__all__ = ["MAX_INFLATED", "DatasetUids", "walk_dataset"]
 
 _UNDEFINED = 0xFFFFFFFF
 _ITEM = 0xE000
@@ -38,10 +40,6 @@ _KNOWN_VRS = frozenset(
 )
 _LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
 _UID_SLOTS = {0x0020000D: 0, 0x0020000E: 1, 0x00080018: 2}
-
-
-class MalformedDatasetError(ValueError):
-    """The bytes do not follow the DICOM encoding rules of the negotiated transfer syntax."""
 
 
 @dataclass(frozen=True)
@@ -200,7 +198,7 @@ def walk_dataset(dataset: bytes | bytearray | memoryview, transfer_syntax: str) 
         walker.dataset(0, len(walker.buf), enc, depth=0, in_item=False)
     finally:
         # Release our view now, even if an exception's traceback keeps this frame alive:
-        # the caller may be about to unmap the buffer (scp.spool.PartialInstance.view).
+        # the caller may be about to unmap the buffer (scp._spool.PartialInstance.view).
         walker.buf.release()
     study, series, sop = walker.uids
     return DatasetUids(study, series, sop, vr_mismatch=mismatch)

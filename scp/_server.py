@@ -4,9 +4,9 @@ The C-STORE handler only validates and spools; it never waits on later processin
 exception inside it is turned into a failure status by our own ``try`` (pynetdicom would send
 0xC211), so one bad dataset never stops the server.
 
-C-STORE data arrives through :mod:`scp.fastpath` (our reader in pynetdicom's DUL thread) unless
+C-STORE data arrives through :mod:`scp._fastpath` (our reader in pynetdicom's DUL thread) unless
 ``fast_path`` is off; both paths end in :meth:`StorageServer.store_instance`, so statuses,
-validation (:mod:`scp.walk`) and durability are the same either way.
+validation (:mod:`scp._walk`) and durability are the same either way.
 """
 
 from __future__ import annotations
@@ -38,13 +38,13 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from scp import status
-from scp.fastpath import StoreRequest, install
-from scp.incoming import IncomingInstance
-from scp.net import tune_association
-from scp.policy import AssociationPolicy
-from scp.settings import LogId, ScpSettings
-from scp.spool import Spool
-from scp.tls import server_context
+from scp._fastpath import StoreRequest, install
+from scp._incoming import IncomingInstance
+from scp._net import tune_association
+from scp._policy import AssociationPolicy
+from scp._settings import LogId, ScpSettings
+from scp._spool import Spool
+from scp._tls import server_context
 
 __all__ = ["ACCEPTED_TRANSFER_SYNTAXES", "StorageServer"]
 
@@ -203,14 +203,19 @@ class StorageServer:
 
     def _on_store(self, event: Any) -> int:
         """pynetdicom's C-STORE event (used when the fast path is off or not installed)."""
-        rq = event.request
-        request = StoreRequest(
-            calling_ae=event.assoc.requestor.ae_title.strip(),
-            sop_class_uid=str(rq.AffectedSOPClassUID),
-            sop_instance_uid=str(rq.AffectedSOPInstanceUID),
-            transfer_syntax_uid=str(event.context.transfer_syntax),
-        )
-        return self.store_instance(request, event.encoded_dataset(include_meta=False))
+        try:
+            rq = event.request
+            request = StoreRequest(
+                calling_ae=event.assoc.requestor.ae_title.strip(),
+                sop_class_uid=str(rq.AffectedSOPClassUID),
+                sop_instance_uid=str(rq.AffectedSOPInstanceUID),
+                transfer_syntax_uid=str(event.context.transfer_syntax),
+            )
+            return self.store_instance(request, event.encoded_dataset(include_meta=False))
+        except Exception as exc:  # the same answer the fast path's guard gives, not 0xC211
+            code = status.for_error(exc).status
+            log.exception("C-STORE handler failed; answering 0x%04X", code)
+            return code
 
     def begin(self, request: StoreRequest) -> IncomingInstance:
         """Start receiving one instance (its data set bytes are written as they arrive)."""

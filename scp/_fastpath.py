@@ -41,7 +41,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from scp.filemeta import uid_value
+from scp import status
+from scp._filemeta import uid_value
+from scp.errors import ProtocolError
 
 __all__ = [
     "FastReader",
@@ -93,10 +95,6 @@ class InstanceSink(Protocol):
 
 StoreHandler = Callable[[StoreRequest], InstanceSink]
 """Starts receiving one instance."""
-
-
-class ProtocolError(Exception):
-    """The peer broke the upper-layer or DIMSE encoding rules (answered by A-ABORT)."""
 
 
 @dataclass
@@ -361,11 +359,11 @@ class FastReader:
         (context_id, command), sink = self._request, self._sink
         self._request, self._sink, self._mode = None, None, None
         try:
-            status = sink.finish()
-        except Exception:  # the sink answers its own errors; this is a bug guard
-            log.exception("C-STORE handler failed; answering 0xC000")
+            code = sink.finish()
+        except Exception as exc:  # the sink answers its own errors; this is a bug guard
+            code = status.for_error(exc).status
+            log.exception("C-STORE handler failed; answering 0x%04X", code)
             sink.discard()
-            status = 0xC000
         max_pdu = int(getattr(self.assoc.requestor, "maximum_length", 0) or 0)
         self.dul.socket.send(
             encode_store_rsp(
@@ -373,7 +371,7 @@ class FastReader:
                 command.message_id,
                 command.sop_class,
                 command.sop_instance,
-                status,
+                code,
                 max_pdu,
             )
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ssl
 
-from scp.settings import TlsSettings
+from scp._settings import TlsSettings
 
 __all__ = ["client_context", "server_context"]
 

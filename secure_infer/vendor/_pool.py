@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from secure_infer.errors import ContextError, InferenceError, ModelNotFoundError
-from secure_infer.server_store import ContextStore
+from secure_infer.vendor._store import ContextStore
 from secure_infer.wire import ServerBusyError, ServerTimeoutError
 
 __all__ = ["EvalPool", "RemoteError"]
@@ -75,7 +75,7 @@ def _die_with_parent() -> None:
 
 def _init_worker(manifests: Sequence[str], store_root: str, cache_size: int) -> None:
     global _store, _cache_size
-    from secure_infer.session import VendorModel
+    from secure_infer.vendor.model import VendorModel
 
     _die_with_parent()
 

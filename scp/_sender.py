@@ -20,10 +20,10 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from scp._net import tune_association
+from scp._settings import DestinationSettings, SenderSettings
+from scp._tls import client_context
 from scp.errors import SendError
-from scp.net import tune_association
-from scp.settings import DestinationSettings, SenderSettings
-from scp.tls import client_context
 
 __all__ = ["SendReport", "StorageSender", "echo"]
 

@@ -1,11 +1,12 @@
 """The hospital's client of a vendor peer (HTTPS with mutual TLS, the vendor's CA pinned).
 
 Flow of :meth:`VendorClient.infer`: fetch the public manifest and PlanSpec (cached), open the
-:class:`~secure_infer.session.HospitalSession` for them (its secret key stays in ``key_dir``,
-mode 0600), upload the public context unless the vendor already has its hash (HEAD first), encrypt
-the preprocessed batch, POST it with a fresh random job token and nothing else, decrypt the
-outputs and apply the manifest's final activation in clear. Nothing decrypted is ever sent back
-(the IND-CPA^D caveat of CKKS, see docs/threat-model.md).
+:class:`~secure_infer.hospital.session.HospitalSession` for them (its secret key stays in
+``key_dir``, mode 0600), upload the public context unless the vendor already has its hash (HEAD
+first), encrypt the preprocessed batch, POST it with a fresh random job token and nothing else,
+decrypt the outputs and apply the manifest's final activation in clear. Nothing decrypted is
+ever sent back (the IND-CPA^D caveat of CKKS, see docs/threat-model.md).
+
 
 Retries: 503 (honouring Retry-After) and connection failures are retried with exponential
 backoff up to ``max_attempts``; a certificate verification failure is not (it will not heal).
@@ -305,7 +306,7 @@ class VendorClient:
     def model_info(self, name: str) -> tuple[Manifest, Any]:
         """The public manifest and PlanSpec of ``name`` (cached per client)."""
         if name not in self._models:
-            from secure_infer.session import PlanSpec
+            from secure_infer.spec import PlanSpec
 
             doc = self._json(f"/models/{name}/manifest")
             manifest = Manifest.model_validate(doc["manifest"])
@@ -340,7 +341,7 @@ class VendorClient:
     def session(self, name: str) -> Any:
         """The HospitalSession of ``name``; its secret key lives in ``key_dir/<name>`` (0600)."""
         if name not in self._sessions:
-            from secure_infer.session import HospitalSession
+            from secure_infer.hospital.session import HospitalSession
 
             _, spec = self.model_info(name)
             self._sessions[name] = HospitalSession.create(spec, self.key_dir / name)

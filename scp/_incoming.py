@@ -8,24 +8,26 @@ The rules, in order:
   data arrive: the rest is read and dropped, nothing stays in the spool, 0xA700;
 * a write error: ``ENOSPC`` -> 0xA700, anything else -> 0xC005, nothing stays;
 * the data set does not parse, or lacks a UID: 0xC001-0xC004 (:func:`validate`);
+* an unexpected exception (a bug): 0xC000, nothing stays;
 * otherwise fsync, rename into the study directory, 0x0000.
+
+Which exception gets which status is decided by :func:`scp.status.for_error` alone.
 
 Log lines name the calling AE title, the status and the reason; never a UID.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 from collections.abc import Callable
 
 from durable_io import Bytes, nbytes
 from scp import status
-from scp.errors import InvalidInstanceError, SpoolFullError
-from scp.fastpath import StoreRequest
-from scp.filemeta import file_meta_bytes
-from scp.spool import PartialInstance, Spool
-from scp.walk import MalformedDatasetError, walk_dataset
+from scp._fastpath import StoreRequest
+from scp._filemeta import file_meta_bytes
+from scp._spool import PartialInstance, Spool
+from scp._walk import walk_dataset
+from scp.errors import InvalidInstanceError, MalformedDatasetError, SpoolFullError
 
 __all__ = ["IncomingInstance", "validate"]
 
@@ -35,12 +37,12 @@ log = logging.getLogger(__name__)
 def validate(
     dataset: bytes | bytearray | memoryview, transfer_syntax: str, affected_sop_uid: str
 ) -> tuple[str, str]:
-    """Check the data set's encoding; return (study UID, SOP instance UID) or raise
-    :class:`InvalidInstanceError` with the status to answer."""
-    try:
-        uids = walk_dataset(dataset, transfer_syntax)
-    except MalformedDatasetError as exc:
-        raise InvalidInstanceError(status.CANNOT_DECODE, str(exc)) from None
+    """Check the data set's encoding; return (study UID, SOP instance UID).
+
+    Raises :class:`~scp.errors.MalformedDatasetError` if the bytes do not parse and
+    :class:`~scp.errors.InvalidInstanceError` (with its status) if a UID is missing.
+    """
+    uids = walk_dataset(dataset, transfer_syntax)
     if not uids.study.strip():
         raise InvalidInstanceError(status.MISSING_STUDY_UID, "no Study Instance UID")
     if not uids.series.strip():
@@ -48,15 +50,6 @@ def validate(
     if not uids.sop_instance.strip() or uids.sop_instance != affected_sop_uid:
         raise InvalidInstanceError(status.MISSING_SOP_UID, "SOP Instance UID missing/mismatch")
     return uids.study, uids.sop_instance
-
-
-def _refusal_for(exc: Exception) -> tuple[int, str]:
-    """The status and log reason for a spool that is full or failed to write."""
-    if isinstance(exc, SpoolFullError):
-        return status.OUT_OF_RESOURCES, "spool below its free-space mark"
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return status.OUT_OF_RESOURCES, "spool file system full"
-    return status.SPOOL_WRITE_FAILED, f"spool write error {getattr(exc, 'errno', None)}"
 
 
 class IncomingInstance:
@@ -75,7 +68,7 @@ class IncomingInstance:
         self.on_refused = on_refused
         self._partial: PartialInstance | None = None
         self._meta_len = 0
-        self._refusal: tuple[int, str] | None = None
+        self._refusal: status.Refusal | None = None
         try:
             spool.check_space(0)
             meta = file_meta_bytes(
@@ -102,7 +95,12 @@ class IncomingInstance:
 
     def finish(self) -> int:
         """Validate, commit durably, and return the DIMSE status (callbacks included)."""
-        code = self._finish()
+        try:
+            code = self._finish()
+        except Exception as exc:  # a bug: answer it like any refusal, leave nothing behind
+            log.exception("C-STORE from %s: handler failed", self.request.calling_ae)
+            self.discard()
+            code = status.for_error(exc).status
         if code != status.SUCCESS and self.on_refused is not None:
             try:
                 self.on_refused(code)
@@ -119,13 +117,15 @@ class IncomingInstance:
     # -- internals -------------------------------------------------------------------------
     def _refuse(self, exc: Exception) -> None:
         self.discard()
-        self._refusal = _refusal_for(exc)
+        self._refusal = status.for_error(exc)
 
     def _finish(self) -> int:
         calling = self.request.calling_ae
         partial = self._partial
         if partial is None or self._refusal is not None:
-            code, reason = self._refusal or (status.SPOOL_WRITE_FAILED, "no spool file")
+            code, reason = self._refusal or status.Refusal(
+                status.SPOOL_WRITE_FAILED, "no spool file"
+            )
             log.error("C-STORE from %s refused 0x%04X: %s", calling, code, reason)
             return code
         try:
@@ -134,17 +134,18 @@ class IncomingInstance:
                     dataset, self.request.transfer_syntax_uid, self.request.sop_instance_uid
                 )
             stored = partial.commit(study, sop)
-        except InvalidInstanceError as exc:
+        except (InvalidInstanceError, MalformedDatasetError) as exc:
+            code, reason = status.for_error(exc)
             log.warning(
                 "C-STORE from %s refused 0x%04X: %s (%s)",
                 calling,
-                exc.status,
-                status.describe(exc.status),
-                exc.reason,
+                code,
+                status.describe(code),
+                reason,
             )
-            return exc.status
+            return code
         except OSError as exc:
-            code, reason = _refusal_for(exc)
+            code, reason = status.for_error(exc)
             log.error("C-STORE from %s refused 0x%04X: %s", calling, code, reason)
             return code
         finally:

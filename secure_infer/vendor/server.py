@@ -8,9 +8,11 @@ connection.
 
 Protocol: see :mod:`secure_infer.wire`; ciphertext lists use :mod:`secure_infer.framing`. Every
 bad input is a 4xx ``{"error": code, "detail": ...}`` from the :mod:`secure_infer.errors` tree
-and the server keeps serving. The server logs job tokens, hashes, sizes and timings only: no
-request can contain an identifier, and none is ever logged. Each answered inference is appended
-to the vendor's hash chain (:mod:`secure_infer.chain`) before the response leaves.
+(mapped in one place, :mod:`secure_infer.vendor._http`) and the server keeps serving. The server
+logs job tokens, hashes, sizes and timings only: no request can contain an identifier, and none
+is ever logged. Each answered inference is appended to the vendor's hash chain
+(:mod:`secure_infer.chain`) before the response leaves.
+
 """
 
 from __future__ import annotations
@@ -29,18 +31,23 @@ from typing import Any
 
 import anyio
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from secure_infer.certs import cert_common_name, cert_fingerprint
 from secure_infer.chain import HashChain
-from secure_infer.errors import CiphertextError, InferenceError, ModelNotFoundError
+from secure_infer.errors import (
+    CiphertextError,
+    InferenceError,
+    ModelNotFoundError,
+    UnknownContextError,
+)
 from secure_infer.framing import MEDIA_TYPE, decode_frames, encode_frames, frames_sha256
-from secure_infer.server_metrics import VendorMetrics, VendorMetricsMiddleware, metrics_endpoint
-from secure_infer.server_pool import EvalPool
-from secure_infer.server_store import ContextStore, hospital_namespace
+from secure_infer.vendor._http import EXCEPTION_HANDLERS
+from secure_infer.vendor._metrics import VendorMetrics, VendorMetricsMiddleware, metrics_endpoint
+from secure_infer.vendor._pool import EvalPool
+from secure_infer.vendor._store import ContextStore, hospital_namespace
+from secure_infer.vendor.certs import cert_common_name, cert_fingerprint
 from secure_infer.wire import (
     API_PREFIX,
     H_CHAIN,
@@ -51,7 +58,6 @@ from secure_infer.wire import (
     H_QUEUE_SECONDS,
     H_SERVER_SECONDS,
     BadRequestError,
-    ServerBusyError,
     ServerTimeoutError,
     TooLargeError,
     UnauthenticatedError,
@@ -80,7 +86,7 @@ class TlsFiles:
 
 @dataclass(frozen=True)
 class ServerSettings:
-    """Everything the vendor server needs besides TLS (built from node.config.vendor)."""
+    """Everything the vendor server needs besides TLS (built from :mod:`.config`)."""
 
     manifests: tuple[Path, ...]
     state_dir: Path
@@ -141,7 +147,7 @@ class VendorServer:
     """State shared by the request handlers: models, context store, pool, chain."""
 
     def __init__(self, settings: ServerSettings) -> None:
-        from secure_infer.session import VendorModel
+        from secure_infer.vendor.model import VendorModel
 
         self.settings = settings
         self.models: dict[str, Any] = {}
@@ -226,16 +232,6 @@ async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
     if too_large:
         raise TooLargeError(f"body exceeds the limit of {limit} bytes")
     return b"".join(chunks)
-
-
-def _error_response(exc: InferenceError) -> JSONResponse:
-    headers = {}
-    retry = getattr(exc, "retry_after", None)
-    if isinstance(exc, ServerBusyError | ServerTimeoutError) and retry is not None:
-        headers["Retry-After"] = str(retry)
-    return JSONResponse(
-        {"error": exc.code, "detail": str(exc)}, status_code=exc.http_status, headers=headers
-    )
 
 
 # ------------------------------------------------------------------------ handlers
@@ -348,12 +344,7 @@ async def get_context(request: Request) -> Response:
     sha = check_sha256(request.path_params["sha"], "context hash in the path")
     size = srv.store.size(hosp.namespace, sha)
     if size is None:
-        if request.method == "HEAD":
-            return Response(status_code=404)
-        return JSONResponse(
-            {"error": "unknown_context", "detail": "no such context for this hospital"},
-            status_code=404,
-        )
+        raise UnknownContextError("no such context for this hospital")
     if request.method == "HEAD":
         return Response(status_code=200, headers={"Content-Length": "0"})
     return JSONResponse({"sha256": sha, "bytes": size})
@@ -458,24 +449,6 @@ async def infer(request: Request) -> Response:
     return Response(out_body, media_type=MEDIA_TYPE, headers=headers)
 
 
-async def _inference_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, InferenceError)
-    level = logging.WARNING if exc.http_status < 500 else logging.ERROR
-    log.log(level, "%s %s -> %d %s", request.method, request.url.path, exc.http_status, exc.code)
-    return _error_response(exc)
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return JSONResponse({"error": code, "detail": str(exc.detail)}, status_code=exc.status_code)
-
-
-async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unexpected error on %s %s", request.method, request.url.path)
-    return JSONResponse({"error": "internal_error", "detail": type(exc).__name__}, status_code=500)
-
-
 def build_app(server: VendorServer) -> Starlette:
     """The ASGI app; the lifespan starts the worker pool and stops it on shutdown."""
 
@@ -501,11 +474,7 @@ def build_app(server: VendorServer) -> Starlette:
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
         ],
-        exception_handlers={
-            InferenceError: _inference_error,
-            HTTPException: _http_error,
-            Exception: _unexpected,
-        },
+        exception_handlers=dict(EXCEPTION_HANDLERS),
         lifespan=lifespan,
     )
     app.state.vendor = server

@@ -2,9 +2,10 @@
 
 Layout: ``<state_dir>/contexts/<hospital>/<sha256>.ctx`` where ``<hospital>`` is the SHA-256 of
 the client certificate's subject CN, so one hospital can neither use nor probe another's
-contexts, and a renewed certificate with the same CN keeps its contexts. Files are written via
-temp + fsync + rename (+ directory fsync) so a crash never leaves a half-written context under its
-final name, and are re-hashed when read so a damaged file is dropped, never evaluated with.
+contexts, and a renewed certificate with the same CN keeps its contexts. Files are written with
+:func:`durable_io.atomic_write` (temp + fsync + rename + directory fsync) so a crash never leaves
+a half-written context under its final name, and are re-hashed when read so a damaged file is
+dropped, never evaluated with.
 Only contexts that passed :meth:`VendorModel.load_context` (no secret key, >= 128-bit
 parameters) are ever written.
 """
@@ -13,9 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import secrets
 from pathlib import Path
+
+from durable_io import atomic_write
 
 __all__ = ["ContextStore", "hospital_namespace"]
 
@@ -55,21 +56,7 @@ class ContextStore:
         if final.is_file():
             return sha, False
         final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = final.with_name(f".{sha}.{secrets.token_hex(4)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, final)
-        dfd = os.open(final.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        atomic_write(final, data, mode=0o600)
         return sha, True
 
     def get(self, namespace: str, sha: str) -> bytes | None:

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from durable_io import Bytes, fsync_dir, nbytes, write_all
+from scp._settings import LogId
 from scp.errors import SpoolFullError
-from scp.settings import LogId
 
 __all__ = ["PartialInstance", "Spool", "SpooledStudy", "StoredInstance"]
 

@@ -12,8 +12,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from scp.settings import CompletionSettings
-from scp.spool import SpooledStudy
+from scp._settings import CompletionSettings
+from scp._spool import SpooledStudy
 
 __all__ = ["CompletionMonitor"]
 
