@@ -30,8 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from node.app import build_service  # noqa: E402
 from node.config import NodeConfig, parse_model  # noqa: E402
-from node.service import NodeService  # noqa: E402
 from tests.support.peers import Orthanc, StoreSCP, free_port, peer_env  # noqa: E402
 from tests.support.synthetic import synthetic_ct_study, write_study  # noqa: E402
 
@@ -63,7 +63,7 @@ def ours(storescu: str, indir: Path, work: Path, n: int, fsync: bool) -> float:
         },
         NodeConfig,
     )
-    svc = NodeService(cfg, action=lambda job: None)  # ingest only: no job runs
+    svc = build_service(cfg, lambda job: None)  # ingest only: no job runs
     svc.start()
     try:
         secs = send(storescu, "BLINDREAD", svc.port, indir)

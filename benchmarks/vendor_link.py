@@ -31,9 +31,14 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from secure_infer.hospital.client import ClientSettings, VendorClient  # noqa: E402
-from secure_infer.manifest import load_manifest  # noqa: E402
-from secure_infer.vendor import certs  # noqa: E402
+from secure_infer import (  # noqa: E402
+    ClientSettings,
+    VendorClient,
+    create_ca,
+    issue_client_cert,
+    issue_server_cert,
+    load_manifest,
+)
 
 
 def _free_port() -> int:
@@ -68,9 +73,9 @@ def main() -> int:
     shape = tuple(manifest.input.shape)
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
-        certs.create_ca(tmp / "ca")
-        srv = certs.issue_server_cert(tmp / "ca", tmp / "tls")
-        cli = certs.issue_client_cert(tmp / "ca", tmp / "tls", "bench-hospital")
+        create_ca(tmp / "ca")
+        srv = issue_server_cert(tmp / "ca", tmp / "tls")
+        cli = issue_client_cert(tmp / "ca", tmp / "tls", "bench-hospital")
         port = _free_port()
         cfg = {
             "listen": {"host": "127.0.0.1", "port": port},

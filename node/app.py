@@ -1,7 +1,11 @@
-"""Composition root of a running hospital node: service + pipeline + audit + metrics.
+"""Composition root of a hospital node: every part is built here, once, and handed in.
 
-``build_node(cfg)`` wires what the config asks for; ``blindread node run`` and the demo call it.
-Everything it opens is closed by :meth:`Node.stop`.
+``build_node(cfg)`` wires what the config asks for (service + pipeline + audit + metrics);
+``blindread node run`` and the demo call it. ``build_service`` is the same service with another
+job action (tests, the ingest benchmark), and ``open_jobs`` the job store and intake alone
+(``blindread jobs``); all three share :func:`open_state`, so the pseudonym key is read in one
+place and every part that names studies uses the same :class:`~node.pseudonym.Pseudonymizer`.
+Everything :func:`build_node` opens is closed by :meth:`Node.stop`.
 """
 
 from __future__ import annotations
@@ -13,19 +17,129 @@ from dataclasses import dataclass
 from node.audit import AuditLedger, open_ledger
 from node.config import NodeConfig
 from node.deid import DeidKeys
+from node.intake import Intake
+from node.jobs import JobStore
 from node.keys import load_or_create_secret
 from node.metrics import MetricsServer, NodeMetrics, serve_metrics
-from node.netsettings import sender_settings
+from node.netsettings import completion_settings, scp_settings, sender_settings
 from node.pipeline import Pipeline
 from node.pseudonym import Pseudonymizer
-from node.service import NodeService, node_paths
+from node.runner import JobAction, JobRunner
+from node.service import IngestEvents, NodePaths, NodeService, StudyCompletion
 from node.vault import IdentifierVault
 from node.vendors import VendorBackends
-from scp import StorageSender
+from scp import CompletionMonitor, ScpSettings, SenderSettings, Spool, StorageSender, StorageServer
 
-__all__ = ["Node", "build_node"]
+__all__ = [
+    "Node",
+    "NodeState",
+    "build_node",
+    "build_service",
+    "node_paths",
+    "open_jobs",
+    "open_state",
+]
 
 log = logging.getLogger(__name__)
+
+
+def node_paths(cfg: NodeConfig) -> NodePaths:
+    """Where ``cfg``'s node keeps its state."""
+    state = cfg.node.state_dir
+    return NodePaths(
+        spool=cfg.spool_dir,
+        jobs_db=state / "jobs.sqlite",
+        jobs_dir=state / "jobs",
+        quarantine=state / "quarantine",
+        pseudonym_key=cfg.node.keys / "pseudonym.key",
+    )
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """The node's durable state, opened once: pseudonym key, spool, job store and intake."""
+
+    paths: NodePaths
+    scp: ScpSettings
+    pseudonym_key: bytes
+    pseudonyms: Pseudonymizer
+    spool: Spool
+    store: JobStore
+    intake: Intake
+
+
+def open_state(cfg: NodeConfig) -> NodeState:
+    """Open (creating on first use) the pseudonym key, spool, job store and intake of ``cfg``."""
+    paths = node_paths(cfg)
+    settings = scp_settings(cfg)
+    key = load_or_create_secret(paths.pseudonym_key)
+    pseudonyms = Pseudonymizer(key)
+    spool = Spool(
+        settings.spool_dir,
+        pseudonyms.study,
+        fsync=settings.fsync,
+        min_free_bytes=settings.min_free_bytes,
+    )
+    store = JobStore(paths.jobs_db)
+    intake = Intake(spool, store, paths.jobs_dir, paths.quarantine)
+    return NodeState(paths, settings, key, pseudonyms, spool, store, intake)
+
+
+def open_jobs(cfg: NodeConfig) -> tuple[JobStore, Intake]:
+    """Job store and intake of ``cfg``'s node (``blindread jobs``); the caller closes the
+    store."""
+    state = open_state(cfg)
+    return state.store, state.intake
+
+
+def build_service(
+    cfg: NodeConfig,
+    action: JobAction,
+    *,
+    state: NodeState | None = None,
+    retry: SenderSettings | None = None,
+    metrics: NodeMetrics | None = None,
+) -> NodeService:
+    """The node's service running ``action`` for every completed study.
+
+    ``state`` and ``retry`` (the runner's backoff) are built from ``cfg`` unless the caller
+    already holds them (:func:`build_node` shares them with the pipeline).
+    """
+    state = state if state is not None else open_state(cfg)
+    retry = retry if retry is not None else sender_settings(cfg)
+    intake = state.intake
+    keep_seconds = cfg.node.keep_finished_jobs_days * 86400.0
+    runner = JobRunner(
+        state.store,
+        intake,
+        action,
+        retry,
+        housekeeping=lambda: intake.purge_done(keep_seconds),
+    )
+    monitor = CompletionMonitor(
+        completion_settings(cfg), StudyCompletion(intake, runner, metrics)
+    )
+    events = IngestEvents(monitor, metrics)
+    server = StorageServer(
+        state.scp,
+        state.spool,
+        state.pseudonyms.study,
+        events.stored,
+        on_rejected=events.rejected,
+        on_refused=events.refused,
+    )
+    return NodeService(
+        cfg,
+        paths=state.paths,
+        pseudonyms=state.pseudonyms,
+        spool=state.spool,
+        store=state.store,
+        intake=intake,
+        runner=runner,
+        monitor=monitor,
+        server=server,
+        metrics=metrics,
+    )
 
 
 @dataclass
@@ -96,19 +210,19 @@ def build_node(cfg: NodeConfig) -> Node:
     audit = open_ledger(cfg)
     vault = IdentifierVault.open(cfg.node.state_dir, keys)
     vendors = VendorBackends(cfg)
-    # the pseudonym key is the service's too (load_or_create is idempotent)
-    uid_key = load_or_create_secret(node_paths(cfg).pseudonym_key)
+    state = open_state(cfg)
+    retry = sender_settings(cfg)
     pipeline = Pipeline(
         cfg,
-        pseudonyms=Pseudonymizer(uid_key),
+        pseudonyms=state.pseudonyms,
         deid_keys=DeidKeys.load_or_create(keys),
         vault=vault,
-        sender=StorageSender(sender_settings(cfg)),
+        sender=StorageSender(retry),
         backends=vendors,
-        uid_key=uid_key,
+        uid_key=state.pseudonym_key,
+        jobs=state.store,  # earlier jobs of a study (late images), see Pipeline
         audit=audit,
         metrics=metrics,
     )
-    service = NodeService(cfg, pipeline, metrics=metrics)
-    pipeline.jobs = service.store  # earlier jobs of a study (late images), see Pipeline
+    service = build_service(cfg, pipeline, state=state, retry=retry, metrics=metrics)
     return Node(cfg, service, pipeline, vault, vendors, audit, metrics)

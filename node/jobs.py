@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from node.errors import NodeError
+
 __all__ = ["STATES", "Job", "JobError", "JobStore", "describe_error"]
 
 STATES = ("claiming", "queued", "running", "done", "failed")
@@ -43,14 +45,14 @@ CREATE INDEX IF NOT EXISTS jobs_due ON jobs (state, next_attempt_at);
 """
 
 
-class JobError(Exception):
+class JobError(NodeError):
     """A job step failed with a message that is safe to store and log (no PHI)."""
 
 
 def describe_error(exc: BaseException) -> str:
     """PHI-free text for ``last_error``: our own error types carry vetted messages, others
     only their type name (an arbitrary exception message might quote a dataset)."""
-    from scp.errors import ScpError
+    from scp import ScpError
 
     if isinstance(exc, (JobError, ScpError)):
         return f"{type(exc).__name__}: {exc}"[:500]

@@ -1,5 +1,10 @@
 """The running node: Storage SCP + study completion + job runner, with ordered start/stop.
 
+:class:`NodeService` builds nothing: :mod:`node.app` builds the spool, job store, intake,
+runner, completion monitor and server once and hands them in; this module owns only the order in
+which they start and stop and what the SCP's and the monitor's callbacks do
+(:class:`IngestEvents`, :class:`StudyCompletion`).
+
 Start order matters for crash safety: the job store recovers half-done claims and moves
 *before* the SCP accepts anything, then completion timers are re-seeded from the spool.
 Stop order: refuse new associations, let running ones finish briefly (every acknowledged
@@ -18,18 +23,12 @@ from types import FrameType
 from node.config import NodeConfig
 from node.intake import Intake
 from node.jobs import JobStore
-from node.keys import load_or_create_secret
 from node.metrics import NodeMetrics
-from node.netsettings import (
-    completion_settings,
-    scp_settings,
-    sender_settings,
-)
 from node.pseudonym import Pseudonymizer
-from node.runner import JobAction, JobRunner
+from node.runner import JobRunner
 from scp import CompletionMonitor, Spool, StorageServer, status
 
-__all__ = ["NodePaths", "NodeService", "node_paths", "open_jobs"]
+__all__ = ["IngestEvents", "NodePaths", "NodeService", "StudyCompletion"]
 
 # A-ASSOCIATE-RJ reason codes our policy sends -> the metric's fixed reason labels
 _REJECT_REASONS = {0x01: "network", 0x03: "calling_ae", 0x07: "called_ae"}
@@ -56,88 +55,76 @@ class NodePaths:
     pseudonym_key: Path
 
 
-def node_paths(cfg: NodeConfig) -> NodePaths:
-    state = cfg.node.state_dir
-    return NodePaths(
-        spool=cfg.spool_dir,
-        jobs_db=state / "jobs.sqlite",
-        jobs_dir=state / "jobs",
-        quarantine=state / "quarantine",
-        pseudonym_key=cfg.node.keys / "pseudonym.key",
-    )
+class StudyCompletion:
+    """What the completion monitor's callback does: claim the study's batch as a job and wake
+    the runner."""
 
-
-def open_jobs(cfg: NodeConfig) -> tuple[JobStore, Intake]:
-    """Job store and intake of ``cfg``'s node (also used by ``blindread jobs``)."""
-    paths = node_paths(cfg)
-    key = load_or_create_secret(paths.pseudonym_key)
-    spool = Spool(paths.spool, Pseudonymizer(key).study, fsync=cfg.scp.fsync)
-    store = JobStore(paths.jobs_db)
-    return store, Intake(spool, store, paths.jobs_dir, paths.quarantine)
-
-
-class NodeService:
-    """Composes the node's long-running parts; ``action`` is what a completed study's job does
-    (the pipeline of :mod:`node.pipeline` in production, see :func:`node.app.build_node`)."""
-
-    def __init__(
-        self,
-        cfg: NodeConfig,
-        action: JobAction,
-        metrics: NodeMetrics | None = None,
-    ) -> None:
-        self.cfg = cfg
-        self.paths = node_paths(cfg)
-        self.key = load_or_create_secret(self.paths.pseudonym_key)
-        self.pseudonyms = Pseudonymizer(self.key)
-        settings = scp_settings(cfg)
-        self.spool = Spool(
-            settings.spool_dir,
-            self.pseudonyms.study,
-            fsync=settings.fsync,
-            min_free_bytes=settings.min_free_bytes,
-        )
-        self.store = JobStore(self.paths.jobs_db)
-        self.intake = Intake(self.spool, self.store, self.paths.jobs_dir, self.paths.quarantine)
-        self.runner = JobRunner(
-            self.store,
-            self.intake,
-            action,
-            sender_settings(cfg),
-            housekeeping=lambda: self.intake.purge_done(
-                cfg.node.keep_finished_jobs_days * 86400.0
-            ),
-        )
-        self.monitor = CompletionMonitor(completion_settings(cfg), self._complete)
+    def __init__(self, intake: Intake, runner: JobRunner, metrics: NodeMetrics | None) -> None:
+        self.intake = intake
+        self.runner = runner
         self.metrics = metrics
-        self.server = StorageServer(
-            settings,
-            self.spool,
-            self.pseudonyms.study,
-            self._stored,
-            on_rejected=self._rejected,
-            on_refused=self._refused,
-        )
-        self._stopped = threading.Event()
 
-    def _stored(self, study_key: str) -> None:
-        if self.metrics is not None:
-            self.metrics.instance_received()
-        self.monitor.touch(study_key)
-
-    def _rejected(self, reason_code: int) -> None:
-        if self.metrics is not None:
-            self.metrics.association_rejected(_REJECT_REASONS.get(reason_code, "other"))
-
-    def _refused(self, code: int) -> None:
-        if self.metrics is not None:
-            self.metrics.instance_refused(_REFUSALS.get(code, "other"))
-
-    def _complete(self, study_key: str) -> None:
+    def __call__(self, study_key: str) -> None:
         if self.intake.claim(study_key) is not None:
             if self.metrics is not None:
                 self.metrics.study_completed()
             self.runner.wake()
+
+
+class IngestEvents:
+    """What the Storage SCP's callbacks do: count, and restart the study's completion timer."""
+
+    def __init__(self, monitor: CompletionMonitor, metrics: NodeMetrics | None) -> None:
+        self.monitor = monitor
+        self.metrics = metrics
+
+    def stored(self, study_key: str) -> None:
+        if self.metrics is not None:
+            self.metrics.instance_received()
+        self.monitor.touch(study_key)
+
+    def rejected(self, reason_code: int) -> None:
+        if self.metrics is not None:
+            self.metrics.association_rejected(_REJECT_REASONS.get(reason_code, "other"))
+
+    def refused(self, code: int) -> None:
+        if self.metrics is not None:
+            self.metrics.instance_refused(_REFUSALS.get(code, "other"))
+
+
+class NodeService:
+    """The node's long-running parts, started and stopped in order.
+
+    Every collaborator is built by :func:`node.app.build_service` (or
+    :func:`node.app.build_node`); the runner's action is what a completed study's job does (the
+    pipeline of :mod:`node.pipeline` in production).
+    """
+
+    def __init__(
+        self,
+        cfg: NodeConfig,
+        *,
+        paths: NodePaths,
+        pseudonyms: Pseudonymizer,
+        spool: Spool,
+        store: JobStore,
+        intake: Intake,
+        runner: JobRunner,
+        monitor: CompletionMonitor,
+        server: StorageServer,
+        metrics: NodeMetrics | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.paths = paths
+        self.pseudonyms = pseudonyms
+        self.spool = spool
+        self.store = store
+        self.intake = intake
+        self.runner = runner
+        self.monitor = monitor
+        self.server = server
+        self.metrics = metrics
+        self._stopped = threading.Event()
 
     def refresh_metrics(self) -> None:
         """Jobs by state, counted in the job store (called on every metrics scrape)."""

@@ -1,4 +1,4 @@
-"""The node's side of the vendor link: one :class:`~secure_infer.client.VendorClient` per
+"""The node's side of the vendor link: one :class:`~secure_infer.VendorClient` per
 configured vendor peer, adapted to the pipeline's :class:`~node.pipeline.InferenceBackend`.
 
 Clients are created on first use (a node that never routes to a vendor never opens a TLS

@@ -78,7 +78,7 @@ def _fmt_time(t: float) -> str:
 
 
 def _jobs_list(args: argparse.Namespace) -> int:
-    from node.service import open_jobs
+    from node.app import open_jobs
 
     store, _ = open_jobs(load_config(args.config))
     jobs = store.list(args.state)
@@ -97,7 +97,7 @@ def _jobs_list(args: argparse.Namespace) -> int:
 
 
 def _jobs_purge(args: argparse.Namespace) -> int:
-    from node.service import open_jobs
+    from node.app import open_jobs
 
     if args.older_than <= 0:
         print("--older-than must be > 0 days", file=sys.stderr)
@@ -112,7 +112,7 @@ def _jobs_purge(args: argparse.Namespace) -> int:
 
 
 def _jobs_retry(args: argparse.Namespace) -> int:
-    from node.service import open_jobs
+    from node.app import open_jobs
 
     store, intake = open_jobs(load_config(args.config))
     try:

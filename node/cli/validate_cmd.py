@@ -14,7 +14,7 @@ from pathlib import Path
 from node.cli.errors import reported_as
 from node.config import load_config
 from node.validate import ValidationSettings, run_validation
-from node.validate_labels import LabelError
+from node.validate.labels import LabelError
 
 __all__ = ["register"]
 
@@ -52,7 +52,7 @@ def _validate(args: argparse.Namespace) -> int:
     # imported here: matplotlib costs ~0.5 s, which other commands should not pay
     from node.audit import AuditError, open_ledger
     from node.keys import KeyFileError
-    from node.validate_report import write_report
+    from node.validate.report import write_report
     from node.vendors import VendorBackends
 
     cfg = load_config(args.config)  # ConfigError -> exit 2 in node.cli.main

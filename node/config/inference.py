@@ -39,7 +39,7 @@ class VendorPeerSection(FrozenModel):
         return v.rstrip("/")
 
     def client_settings(self) -> ClientSettings:
-        """The :class:`secure_infer.client.ClientSettings` for this vendor."""
+        """The :class:`secure_infer.ClientSettings` for this vendor."""
         from secure_infer import ClientSettings
 
         return ClientSettings(

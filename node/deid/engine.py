@@ -272,10 +272,6 @@ class Deidentifier:
             pixels_masked=masked,
         )
 
-    def map_uid(self, uid: str) -> str:
-        """The replacement of ``uid`` (what every instance of this node gets for it)."""
-        return uid if self._retain_uids else self._uids(uid)
-
     # ------------------------------------------------------------------ helpers
 
     def _emit(self, kind: str, **details: Any) -> None:

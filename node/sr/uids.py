@@ -19,7 +19,7 @@ import hashlib
 import hmac
 import uuid
 
-__all__ = ["MIN_UID_KEY_BYTES", "ResultUids", "derive_uid", "device_uid", "result_uids"]
+__all__ = ["MIN_UID_KEY_BYTES", "ResultUids", "derive_uid", "device_uid"]
 
 MIN_UID_KEY_BYTES = 16
 
@@ -60,7 +60,3 @@ class ResultUids:
         """Tracking UID of one measurement group (a study-level label, or a label on one image)."""
         return derive_uid(self._key, "tracking", *self._base, label, sop_instance_uid or "")
 
-
-def result_uids(key: bytes, study_uid: str, model: str, version: str) -> ResultUids:
-    """The UIDs for the results of model ``model`` ``version`` on study ``study_uid``."""
-    return ResultUids(key, study_uid, model, version)

@@ -2,7 +2,7 @@
 
 Synthetic CR files (phantoms with and without a lesion, with planted identity) and a labels CSV
 (some rows by path, some by SOP Instance UID, two labels deliberately flipped so there are
-discordant cases); the report's numbers must equal node.validate_stats recomputed from
+discordant cases); the report's numbers must equal node.validate.stats recomputed from
 onnxruntime on the same preprocessed pixels, the PNGs must be real PNGs, and neither the report
 nor the console output may carry a planted identifier or a raw UID.
 """
@@ -30,7 +30,7 @@ from node.demo.stack import DEMO_MODEL_DIR, Stack
 from node.keys import load_or_create_secret
 from node.pseudonym import Pseudonymizer
 from node.validate import preprocess_file
-from node.validate_stats import (
+from node.validate.stats import (
     auroc,
     bootstrap_auroc,
     brier_score,

@@ -60,15 +60,6 @@ def _exception_classes() -> dict[str, type[BaseException]]:
 
 EXCEPTIONS = _exception_classes()
 
-# TEMPORARY (revert this commit when merging): these five are reparented under NodeError on
-# another branch (node/jobs.py, node/validate*). strict=True turns the marks into failures once
-# they descend from NodeError, so they cannot be forgotten.
-_PENDING = {"JobError", "LabelError", "StatsError", "ValidateInferenceError", "ValidateUsageError"}
-_PENDING_MARK = pytest.mark.xfail(
-    reason="reparented under NodeError on another branch; revert at merge",
-    strict=True,
-)
-
 
 def _drawing() -> list[tuple[int, str]]:
     """(column, name) of every class named in the literal blocks of node/errors.py's docstring."""
@@ -93,10 +84,7 @@ def test_walk_found_the_tree() -> None:
     assert {"NodeError", "ConfigError", "SrError", "AuditError"} <= set(EXCEPTIONS)
 
 
-@pytest.mark.parametrize(
-    "name",
-    [pytest.param(n, marks=_PENDING_MARK) if n in _PENDING else n for n in sorted(EXCEPTIONS)],
-)
+@pytest.mark.parametrize("name", sorted(EXCEPTIONS))
 def test_every_node_error_descends_from_node_error(name: str) -> None:
     cls = EXCEPTIONS[name]
     assert issubclass(cls, NodeError), (
@@ -113,7 +101,6 @@ def test_drawing_names_every_error_and_nothing_else() -> None:
     assert not unknown, f"node/errors.py draws classes that do not exist: {sorted(unknown)}"
 
 
-@_PENDING_MARK
 def test_drawing_shows_each_class_under_its_base() -> None:
     known = {**EXCEPTIONS, **FOREIGN_ROOTS}
     stack: list[tuple[int, str]] = []
@@ -132,7 +119,6 @@ def test_drawing_shows_each_class_under_its_base() -> None:
 # --- the CLI's one mapping (node.cli.errors) ---------------------------------------------------
 
 
-@_PENDING_MARK
 def test_cli_maps_every_node_error_and_the_foreign_roots() -> None:
     from node.cli.errors import CAUGHT, exit_for
 

@@ -19,10 +19,10 @@ from node.deid import DeidKeys
 from node.demo.phantom_study import phantom_cr_study
 from node.demo.stack import DEMO_MODEL_DIR, EmbeddedPacs
 from node.intake import Intake
-from node.jobs import JobStore
+from node.jobs import JobError, JobStore
 from node.metrics import NodeMetrics
 from node.netsettings import sender_settings
-from node.pipeline import Pipeline
+from node.pipeline import Delivered, Inferred, Pipeline, SrBuilt, StepStore
 from node.pseudonym import Pseudonymizer
 from node.runner import JobRunner
 from node.sr import read_result_sr
@@ -112,6 +112,7 @@ def _setup(tmp: Path, cfg: NodeConfig, backend: LocalBackend, lesions: list[bool
         sender=sender,
         backends=lambda name: backend,
         uid_key=KEY,
+        jobs=store,
         metrics=NodeMetrics(),
     )
     return study, store, intake, job, pipeline, sends
@@ -213,7 +214,6 @@ def test_late_images_make_a_second_job_whose_sr_covers_the_whole_study(
     with EmbeddedPacs(tmp_path / "pacs") as pacs:
         cfg = _cfg(tmp_path, pacs.dicom_port)
         study, store, intake, job1, pipeline, _ = _setup(tmp_path, cfg, backend, [False, False])
-        pipeline.jobs = store
         runner = JobRunner(store, intake, pipeline, sender_settings(cfg))
         done1 = runner.run_once()
         assert done1 is not None and done1.id == job1.id and done1.state == "done"
@@ -234,3 +234,22 @@ def test_late_images_make_a_second_job_whose_sr_covers_the_whole_study(
     report = read_result_sr(second)
     refs = set(report.findings[0].source_sop_instance_uids)
     assert refs == {str(ds.SOPInstanceUID) for ds in [*study, *late]}
+
+
+def test_step_store_reads_back_the_typed_result_and_names_a_damaged_record(
+    tmp_path: Path,
+) -> None:
+    steps = StepStore(tmp_path / "steps")
+    inferred = Inferred(
+        probabilities=((0.25, 0.75),), model_version="1.0", parameters={"he.scheme": "CKKS"},
+        timings={"encrypt": 0.5}, bytes_up=10, bytes_down=20,
+    )  # fmt: skip
+    assert steps.get(Inferred, "r0") is None
+    assert steps.put(inferred, "r0") is inferred
+    assert (tmp_path / "steps" / "r0-inference.json").exists()
+    assert steps.get(Inferred, "r0") == inferred  # tuples come back as tuples
+    steps.put(Delivered(sent=2), "r0", "pacs")
+    assert steps.get(Delivered, "r0", "pacs") == Delivered(sent=2)
+    (tmp_path / "steps" / "r0-sr.json").write_text('{"filez": []}')
+    with pytest.raises(JobError, match=r"r0-sr\.json"):
+        steps.get(SrBuilt, "r0")

@@ -30,9 +30,9 @@ from node.validate import (
     run_validation,
     select_vendor,
 )
-from node.validate_labels import LabelError, read_labels, scan_dicom_files
-from node.validate_report import REPORT_FILES, write_report
-from node.validate_stats import auroc
+from node.validate.labels import LabelError, read_labels, scan_dicom_files
+from node.validate.report import REPORT_FILES, write_report
+from node.validate.stats import auroc
 from secure_infer.manifest import Manifest, load_manifest
 
 

@@ -1,4 +1,4 @@
-"""node.validate_stats against hand-computed values, brute force, and the demo's AUROC."""
+"""node.validate.stats against hand-computed values, brute force, and the demo's AUROC."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.validate_stats import (
+from node.validate.stats import (
     StatsError,
     auroc,
     bootstrap_auroc,

@@ -20,6 +20,7 @@ from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, AllStoragePresentationContexts
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
+from node.app import build_service
 from node.metrics import NodeMetrics
 from node.service import NodeService
 from scp import ACCEPTED_TRANSFER_SYNTAXES, status
@@ -298,7 +299,7 @@ def test_sop_uid_mismatch_refused(tmp_path: Path) -> None:
 def test_watermark_refuses_with_a700_and_writes_nothing(tmp_path: Path) -> None:
     cfg = node_config(tmp_path, scp={"min_free_bytes": 10**18})
     metrics = NodeMetrics()
-    svc = NodeService(cfg, action=lambda job: None, metrics=metrics)
+    svc = build_service(cfg, lambda job: None, metrics=metrics)
     svc.start()
     try:
         assert store(svc.port, synthetic_ct_study(1)[0]) == 0xA700

@@ -7,11 +7,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from node.app import build_service, node_paths
 from node.config import NodeConfig, parse_model
 from node.keys import load_or_create_secret
 from node.netsettings import destination_settings, sender_settings
 from node.runner import JobAction
-from node.service import NodeService, node_paths
+from node.service import NodeService
 from scp import DestinationSettings, StorageSender
 from tests.support.peers import free_port
 from tests.support.result_action import SendResultAction
@@ -45,7 +46,7 @@ def send_result_action(cfg: NodeConfig) -> JobAction:
 
 @contextmanager
 def running_node(cfg: NodeConfig, action: JobAction | None = None) -> Iterator[NodeService]:
-    svc = NodeService(cfg, action if action is not None else send_result_action(cfg))
+    svc = build_service(cfg, action if action is not None else send_result_action(cfg))
     svc.start()
     try:
         yield svc

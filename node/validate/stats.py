@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from node.errors import NodeError
+
 __all__ = [
     "BootstrapInterval",
     "CalibrationBin",
@@ -45,7 +47,7 @@ F64 = npt.NDArray[np.float64]
 Bools = npt.NDArray[np.bool_]
 
 
-class StatsError(ValueError):
+class StatsError(NodeError, ValueError):
     """The data cannot give the requested statistic (explained in the message)."""
 
 

@@ -20,7 +20,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from durable_io import atomic_write
-from node.validate import ValidationResult
+from node.validate.run import ValidationResult
 
 __all__ = ["REPORT_FILES", "render_markdown", "report_dict", "write_report"]
 

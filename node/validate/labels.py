@@ -27,6 +27,8 @@ from pathlib import Path, PurePosixPath
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from node.errors import NodeError
+
 __all__ = ["DicomFile", "LabelError", "LabeledCase", "read_labels", "scan_dicom_files"]
 
 log = logging.getLogger(__name__)
@@ -34,7 +36,7 @@ log = logging.getLogger(__name__)
 _MAX_QUOTE = 60
 
 
-class LabelError(Exception):
+class LabelError(NodeError):
     """The labels CSV does not match the data folder; ``problems`` lists each one."""
 
     def __init__(self, problems: Iterable[str]) -> None:

@@ -1,14 +1,16 @@
 """Local validation before deployment: run the vendor's model, encrypted, on a labeled local set.
 
-The path is the production one minus PACS and SR: read each labeled DICOM file, apply the
-manifest's public preprocessing, encrypt, send ciphertexts to the configured vendor peer
-(:class:`node.vendors.VendorBackends`, mutual TLS), decrypt, and compare the probabilities with
-the labels (:mod:`node.validate_stats`). Nothing but ciphertexts and the public context leaves
-the hospital; the report (:mod:`node.validate_report`) names cases by keyed pseudonym and by
-the relative path the curator chose, never by patient name, ID or UID.
+The path is the production one minus PACS and SR: read each labeled DICOM file, turn it into
+the model's input with the pipeline's own :func:`node.pipeline.preprocess_file` (so validation
+measures what production runs, greyscale-frame check included), encrypt, send ciphertexts to
+the configured vendor peer (:class:`node.vendors.VendorBackends`, mutual TLS), decrypt, and
+compare the probabilities with the labels (:mod:`node.validate.stats`). Nothing but ciphertexts
+and the public context leaves the hospital; the report (:mod:`node.validate.report`) names
+cases by keyed pseudonym and by the relative path the curator chose, never by patient name, ID
+or UID.
 
 Errors are split by who must act: :class:`ValidateUsageError` (and
-:class:`node.validate_labels.LabelError`) mean the admin's input is wrong (exit 2);
+:class:`node.validate.labels.LabelError`) mean the admin's input is wrong (exit 2);
 :class:`ValidateInferenceError` means preprocessing or the vendor link failed (exit 1).
 """
 
@@ -25,15 +27,15 @@ from typing import Any, TextIO
 
 import numpy as np
 import numpy.typing as npt
-import pydicom
 
 from node.audit import AuditKind, AuditLedger
 from node.config import NodeConfig
+from node.errors import NodeError
 from node.keys import KeyFileError, load_or_create_secret
-from node.pipeline import InferenceBackend
+from node.pipeline import InferenceBackend, preprocess_file
 from node.pseudonym import Pseudonymizer
-from node.validate_labels import LabeledCase, read_labels, scan_dicom_files
-from node.validate_stats import (
+from node.validate.labels import LabeledCase, read_labels, scan_dicom_files
+from node.validate.stats import (
     BootstrapInterval,
     CalibrationBin,
     Confusion,
@@ -46,7 +48,7 @@ from node.validate_stats import (
     confusion_at,
     roc_curve,
 )
-from secure_infer import Manifest, OutputLabel, preprocess_for_manifest
+from secure_infer import Manifest, OutputLabel
 
 __all__ = [
     "CaseResult",
@@ -67,11 +69,11 @@ log = logging.getLogger(__name__)
 BackendFactory = Callable[[str], InferenceBackend]
 
 
-class ValidateUsageError(Exception):
+class ValidateUsageError(NodeError):
     """Bad command line, config or data set (exit code 2)."""
 
 
-class ValidateInferenceError(Exception):
+class ValidateInferenceError(NodeError):
     """Preprocessing or encrypted inference failed (exit code 1)."""
 
 
@@ -217,21 +219,6 @@ def select_output(manifest: Manifest, name: str | None) -> OutputLabel:
     raise ValidateUsageError(
         f"--output: model {manifest.name!r} has no output {name!r}; outputs: "
         + ", ".join(o.name for o in manifest.outputs)
-    )
-
-
-def preprocess_file(path: Path, manifest: Manifest) -> npt.NDArray[np.float32]:
-    """The pipeline's preprocessing of one DICOM file (first frame) for ``manifest``."""
-    ds = pydicom.dcmread(path)
-    arr = np.asarray(ds.pixel_array)
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        arr = arr[0]
-    return preprocess_for_manifest(
-        arr,
-        manifest,
-        rescale_slope=float(ds.get("RescaleSlope", 1.0) or 1.0),
-        rescale_intercept=float(ds.get("RescaleIntercept", 0.0) or 0.0),
-        photometric=str(ds.get("PhotometricInterpretation", "MONOCHROME2")),
     )
 
 

@@ -1,0 +1,99 @@
+"""Steps 2 and 3 of inference: public preprocessing, then encrypted inference at the vendor.
+
+Only ciphertexts and a random job token leave the node (the backend, a
+:class:`secure_infer.VendorClient` in production, encrypts and decrypts); the step keeps the
+decrypted probabilities and PHI-free figures (hashes, bytes, timings).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from node.audit import AuditKind
+from node.jobs import Job
+from node.pipeline.context import StepContext
+from node.pipeline.deid import Deidentified
+from node.pipeline.pixels import preprocess_file
+from node.pipeline.store import StepResult
+from secure_infer import Manifest
+
+__all__ = ["InferenceBackend", "InferenceOutcome", "Inferred", "infer_encrypted"]
+
+
+@dataclass(frozen=True)
+class InferenceOutcome:
+    """What the pipeline keeps of one encrypted inference (no PHI: hashes, figures)."""
+
+    probabilities: list[list[float]]
+    model_version: str
+    context_sha256: str
+    request_sha256: list[str]
+    response_sha256: list[str]
+    bytes_up: int
+    bytes_down: int
+    timings: dict[str, float]
+    parameters: dict[str, str]
+
+
+class InferenceBackend(Protocol):
+    """How the pipeline reaches a vendor peer (``secure_infer.VendorClient`` in production;
+    see :class:`node.vendors.VendorBackends`)."""
+
+    def manifest(self, model: str) -> Manifest: ...
+
+    def infer(self, model: str, batch: np.ndarray) -> InferenceOutcome: ...
+
+
+@dataclass(frozen=True)
+class Inferred(StepResult):
+    """The decrypted probabilities (one row per de-identified copy, in order) and what the SR
+    states about how they were computed."""
+
+    step = "inference"
+
+    probabilities: tuple[tuple[float, ...], ...]
+    model_version: str
+    parameters: dict[str, str]
+    timings: dict[str, float]
+    bytes_up: int
+    bytes_down: int
+
+
+def infer_encrypted(
+    ctx: StepContext,
+    job: Job,
+    backend: InferenceBackend,
+    model: str,
+    manifest: Manifest,
+    deid_dir: Path,
+    deid: Deidentified,
+) -> Inferred:
+    """Preprocess the de-identified copies and run ``model`` on them, encrypted."""
+    with ctx.timed("preprocess"):
+        batch = np.stack([preprocess_file(deid_dir / name, manifest) for name in deid.files])
+    outcome = backend.infer(model, batch)
+    for step in ("encrypt", "vendor", "decrypt"):
+        if step in outcome.timings:
+            ctx.metrics.observe_step(step, outcome.timings[step])
+    ctx.metrics.vendor_traffic(sent=outcome.bytes_up, received=outcome.bytes_down)
+    ctx.record(
+        AuditKind.INFERENCE_REQUESTED, study=job.study, model=model,
+        model_version=outcome.model_version, context_hash=outcome.context_sha256,
+        ciphertext_hashes=outcome.request_sha256, images=len(batch),
+    )  # fmt: skip
+    ctx.record(
+        AuditKind.RESULT_RECEIVED, study=job.study, model=model,
+        model_version=outcome.model_version, response_hashes=outcome.response_sha256,
+    )  # fmt: skip
+    return Inferred(
+        probabilities=tuple(tuple(float(p) for p in row) for row in outcome.probabilities),
+        model_version=outcome.model_version,
+        parameters=dict(outcome.parameters),
+        timings=dict(outcome.timings),
+        bytes_up=outcome.bytes_up,
+        bytes_down=outcome.bytes_down,
+    )
