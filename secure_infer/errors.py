@@ -15,7 +15,7 @@ material::
     |-- CiphertextError           malformed_ciphertext 400  errors
     |-- ModelNotFoundError        unknown_model        404  errors
     |-- ManifestError             invalid_manifest     500  manifest
-    |-- ChainError                inference_error      500  chain
+    |-- ChainError                broken_chain         500  chain
     |-- FramingError              malformed_request    400  framing
     |-- BadRequestError           bad_request          400  wire
     |-- UnauthenticatedError      no_client_certificate 401 wire

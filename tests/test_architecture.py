@@ -37,7 +37,6 @@ from tests.support.peers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 PRODUCT = ("durable_io", "node", "scp", "secure_infer")
-NEEDS_MERGE = pytest.mark.xfail(reason="needs secure_infer.vendor (#11 merge)", strict=False)
 
 
 # -- reading imports ---------------------------------------------------------------------------
@@ -128,12 +127,10 @@ def deep_imports(of: str, root: Path = ROOT) -> list[str]:
 
 
 # -- the rules ---------------------------------------------------------------------------------
-@NEEDS_MERGE  # node/jobs.py imports scp.errors until the node helper's change lands
 def test_scp_is_entered_only_through_its_public_names() -> None:
     assert deep_imports("scp") == []
 
 
-@NEEDS_MERGE
 def test_secure_infer_is_entered_only_through_its_public_names() -> None:
     assert deep_imports("secure_infer") == []
 
@@ -215,7 +212,6 @@ def without_node(tmp_path: Path) -> tuple[dict[str, str], Path]:
     return env, poison
 
 
-@NEEDS_MERGE
 def test_vendor_entry_point_runs_without_node(tmp_path: Path) -> None:
     env, cwd = without_node(tmp_path)
     r = subprocess.run(
@@ -225,7 +221,6 @@ def test_vendor_entry_point_runs_without_node(tmp_path: Path) -> None:
     assert "usage" in r.stdout.lower()
 
 
-@NEEDS_MERGE
 def test_vendor_serves_health_over_mutual_tls_without_node(tmp_path: Path) -> None:
     env, cwd = without_node(tmp_path)
     pki = tmp_path / "pki"

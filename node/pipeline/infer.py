@@ -14,12 +14,12 @@ from typing import Protocol
 import numpy as np
 
 from node.audit import AuditKind
-from node.jobs import Job
+from node.jobs import Job, JobError
 from node.pipeline.context import StepContext
 from node.pipeline.deid import Deidentified
 from node.pipeline.pixels import preprocess_file
 from node.pipeline.store import StepResult
-from secure_infer import Manifest
+from secure_infer import Manifest, PreprocessError
 
 __all__ = ["InferenceBackend", "InferenceOutcome", "Inferred", "infer_encrypted"]
 
@@ -74,7 +74,11 @@ def infer_encrypted(
 ) -> Inferred:
     """Preprocess the de-identified copies and run ``model`` on them, encrypted."""
     with ctx.timed("preprocess"):
-        batch = np.stack([preprocess_file(deid_dir / name, manifest) for name in deid.files])
+        try:
+            batch = np.stack([preprocess_file(deid_dir / name, manifest) for name in deid.files])
+        except PreprocessError as exc:
+            # the job record keeps JobError messages; these name shapes, dtypes and values only
+            raise JobError(f"cannot preprocess an image: {exc}") from None
     outcome = backend.infer(model, batch)
     for step in ("encrypt", "vendor", "decrypt"):
         if step in outcome.timings:

@@ -4,7 +4,8 @@ Validation must measure the preprocessing production uses, so both call :func:`p
 the first frame, which must be one greyscale frame, through the manifest's public
 preprocessing with the file's rescale and photometric interpretation. Every reason a file
 cannot become the model's input is a :class:`secure_infer.PreprocessError` (validation lists
-them by type; a job records the type only, since a message may quote a header value).
+them by type; the pipeline's infer step records it as a ``JobError`` with its message, which
+names shapes, dtypes and values, never a header value).
 """
 
 from __future__ import annotations
