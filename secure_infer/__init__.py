@@ -22,8 +22,9 @@ the part that needs them is used. Everything another package may use is in ``__a
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from secure_infer._lazy import lazy_getattr
 
 _WHERE = {
     # model package
@@ -109,12 +110,7 @@ _WHERE = {
 
 __all__ = sorted(_WHERE)
 
-
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'secure_infer' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"secure_infer.{module}"), name)
+__getattr__ = lazy_getattr(__name__, _WHERE)
 
 
 if TYPE_CHECKING:  # the same names, eagerly, so type checkers see their real types

@@ -46,7 +46,7 @@ class ScpSection(FrozenModel):
     fsync: bool = True
     max_pdu: int = Field(default=0, ge=0, description="0 = unlimited")
     fast_path: bool = Field(
-        default=True, description="C-STORE data read by scp.fastpath (false: pynetdicom's path)"
+        default=True, description="C-STORE data read by scp._fastpath (false: pynetdicom's path)"
     )
     acse_timeout: float = Field(default=30.0, gt=0)
     dimse_timeout: float = Field(default=60.0, gt=0)

@@ -166,7 +166,7 @@ class Stack:
         cfg_path.write_text(yaml.safe_dump(config))
         self.vendor_log = open(vendor_dir / "vendor.log", "wb")
         self.vendor_proc = subprocess.Popen(
-            [sys.executable, "-m", "node", "vendor", "serve", "--config", str(cfg_path)],
+            [sys.executable, "-m", "secure_infer.vendor", "serve", "--config", str(cfg_path)],
             stdout=self.vendor_log,
             stderr=subprocess.STDOUT,
             env=os.environ.copy(),

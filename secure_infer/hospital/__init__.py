@@ -6,8 +6,7 @@ imported lazily (PEP 562), so ``import secure_infer.hospital`` loads neither Ten
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from secure_infer._lazy import lazy_getattr
 
 _WHERE = {
     # the secret-key session
@@ -28,9 +27,4 @@ _WHERE = {
 
 __all__ = sorted(_WHERE)
 
-
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'secure_infer.hospital' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"secure_infer.hospital.{module}"), name)
+__getattr__ = lazy_getattr(__name__, _WHERE)

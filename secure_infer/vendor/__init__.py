@@ -9,8 +9,7 @@ Names are imported lazily (PEP 562), so the CLI's ``--help`` loads neither TenSE
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from secure_infer._lazy import lazy_getattr
 
 _WHERE = {
     # the compiled model
@@ -43,9 +42,4 @@ _WHERE = {
 
 __all__ = sorted(_WHERE)
 
-
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'secure_infer.vendor' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"secure_infer.vendor.{module}"), name)
+__getattr__ = lazy_getattr(__name__, _WHERE)

@@ -226,16 +226,3 @@ def test_synthetic_study_distinct_uids() -> None:
     assert dcmread(BytesIO(buf.getvalue())).Rows == 8
     assert os.environ.get("NEVER_SET_BY_TESTS") is None
 
-
-def test_atomic_write_replaces_whole_or_not_at_all(tmp_path: Path) -> None:
-    from durable_io import atomic_write
-
-    target = tmp_path / "sub" / "out.bin"
-    atomic_write(target, b"old", mode=0o600)
-    assert target.read_bytes() == b"old" and (target.stat().st_mode & 0o777) == 0o600
-    atomic_write(target, [b"new ", bytearray(b"content")], sync=False)
-    assert target.read_bytes() == b"new content"
-    with pytest.raises(TypeError):
-        atomic_write(target, [b"half", 42])  # type: ignore[list-item]
-    assert target.read_bytes() == b"new content"  # untouched
-    assert sorted(p.name for p in target.parent.iterdir()) == ["out.bin"]  # no temp left
