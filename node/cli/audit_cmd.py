@@ -7,12 +7,11 @@ Exit codes: 0 the ledger verifies (or was exported), 1 it does not verify / cann
 from __future__ import annotations
 
 import argparse
-import os
-import secrets
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from durable_io import atomic_write
 from node.audit import (
     export_since,
     key_fingerprint,
@@ -93,12 +92,6 @@ def _export(args: argparse.Namespace) -> int:
     if args.output is None:
         sys.stdout.write(text)
     else:
-        out = Path(args.output)
-        tmp = out.with_name(f".{out.name}.{secrets.token_hex(4)}.tmp")
-        with tmp.open("w", encoding="ascii") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
+        atomic_write(Path(args.output), text.encode("ascii"), mode=0o644)
     print(f"exported {len(lines)} entries since {since.isoformat()}", file=sys.stderr)
     return 0

@@ -310,8 +310,10 @@ def run_validation(
         )
     unlabeled = len(files) - len(cases)
 
+    from node.app import node_paths  # the node's own layout of keys (heavy module: load late)
+
     try:
-        pseudonym = Pseudonymizer(load_or_create_secret(cfg.node.keys / "pseudonym.key"))
+        pseudonym = Pseudonymizer(load_or_create_secret(node_paths(cfg).pseudonym_key))
     except (KeyFileError, OSError) as exc:
         raise ValidateUsageError(f"pseudonym key: {exc}") from exc
     try:
