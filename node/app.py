@@ -157,15 +157,9 @@ class Node:
     warm_up: threading.Thread | None = None
 
     def _serve_metrics(self) -> MetricsServer | None:
-        spool = self.service.spool
-
-        def health() -> dict[str, bool]:
-            return {
-                "job_runner_alive": self.service.runner_alive(),
-                "spool_above_watermark": spool.free_bytes() >= self.cfg.scp.min_free_bytes,
-            }
-
-        return serve_metrics(self.cfg.metrics, self.metrics, health, self.service.refresh_metrics)
+        return serve_metrics(
+            self.cfg.metrics, self.metrics, self.service.health, self.service.refresh_metrics
+        )
 
     def _warm_up(self) -> None:
         pairs = [

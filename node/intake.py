@@ -6,13 +6,33 @@ any two steps is finished (or undone) by :meth:`Intake.recover` at start-up, bef
 accepts anything, so every acknowledged instance ends up in exactly one job.
 Files of a job move between ``jobs_dir`` and ``quarantine_dir`` the same way: the row's ``dir``
 is updated first, then the directory is renamed; recovery completes half-done moves.
+
+A claim that fails half-way while the node runs (the rename succeeded, then the job store's
+update hit "database or disk is full") is left in ``claiming`` and finished by
+:meth:`Intake.recover_claims`, which the job runner calls periodically with backoff (see
+:class:`node.runner.JobRunner`); :meth:`Intake.stuck_claims` counts such claims for
+``/healthz``. Recovery never raises for one claim it cannot finish yet: it logs, counts it as
+stuck and tries again later, so a start-up is never blocked by it.
+
+The spool and ``jobs_dir`` must be on one file system (``blindread config check`` and the node's
+start-up refuse anything else, see :meth:`node.config.NodeConfig.filesystem_problems`). Should a
+rename still fail with ``EXDEV`` (a mount added under a running node, a node started before the
+check existed), the batch is moved by copy instead: each file copied and fsynced into a staging
+directory beside the destination, the staging directory renamed into place (same file system)
+and fsynced, then the originals unlinked. A crash after the copy and before the unlink leaves
+identical originals in the spool; recovery of the claim deletes them (a same-named file with
+other bytes is a re-sent instance and stays for the next job).
 """
 
 from __future__ import annotations
 
+import errno
+import filecmp
 import logging
 import os
 import shutil
+import sqlite3
+import threading
 import uuid
 from pathlib import Path
 
@@ -33,39 +53,53 @@ class Intake:
         self.store = store
         self.jobs_dir = jobs_dir
         self.quarantine_dir = quarantine_dir
+        self._lock = threading.Lock()
+        self._claiming: set[str] = set()  # tokens of claims being made by this process
         for d in (jobs_dir, quarantine_dir):
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     def claim(self, study_key: str) -> Job | None:
-        """Make the spool batch of ``study_key`` a queued job; ``None`` if there is none."""
+        """Make the spool batch of ``study_key`` a queued job; ``None`` if there is none.
+
+        If a step fails after the claim row was written, the row stays ``claiming`` (undone
+        here when the batch has not moved yet) and :meth:`recover_claims` finishes it later.
+        """
         with self.spool.locked(study_key):
             if not self.spool.study_dir(study_key).is_dir():
                 return None
             token = uuid.uuid4().hex
-            job_id = self.store.begin_claim(study_key, token, self.jobs_dir / token)
-            files = self.spool.take_study(study_key, self.jobs_dir / token)
-            if not files:
-                self.store.drop_claim(job_id)
-                return None
-            job = self.store.finish_claim(job_id, files)
+            dest = self.jobs_dir / token
+            with self._lock:
+                self._claiming.add(token)
+            try:
+                job_id = self.store.begin_claim(study_key, token, dest)
+                try:
+                    files = self._take(study_key, dest)
+                except BaseException:
+                    if not dest.exists():  # nothing moved: undo the row if the store lets us
+                        try:
+                            self.store.drop_claim(job_id)
+                        except sqlite3.Error:
+                            pass  # recover_claims() drops it later
+                    raise
+                if not files:
+                    self.store.drop_claim(job_id)
+                    return None
+                job = self.store.finish_claim(job_id, files)
+            finally:
+                with self._lock:
+                    self._claiming.discard(token)
         log.info("study %s complete: job %d with %d instance(s)", study_key, job.id, len(files))
         return job
 
     def recover(self) -> None:
-        """Finish every half-done claim and directory move (call before serving)."""
+        """Finish every half-done claim and directory move (call before serving).
+
+        A claim that cannot be finished yet (disk still full, ...) does not stop the start:
+        it is logged, left ``claiming`` and retried by :meth:`recover_claims` from the runner.
+        """
         self.spool.clean_partial()
-        for job in self.store.list("claiming"):
-            dest = job.dir
-            if not dest.is_dir():
-                with self.spool.locked(job.study):
-                    self.spool.take_study(job.study, dest)
-            if dest.is_dir():
-                files = sorted(p.name for p in dest.iterdir() if p.name.endswith(".dcm"))
-                if files:
-                    self.store.finish_claim(job.id, files)
-                    log.info("recovered claim of study %s as job %d", job.study, job.id)
-                    continue
-            self.store.drop_claim(job.id)
+        self.recover_claims()
         for job in self.store.list():
             if job.state in ("queued", "running", "failed") and not job.dir.is_dir():
                 for other in (self.jobs_dir / job.token, self.quarantine_dir / job.token):
@@ -74,6 +108,93 @@ class Intake:
         n = self.store.reset_running()
         if n:
             log.info("%d interrupted job(s) requeued", n)
+
+    def recover_claims(self) -> int:
+        """Finish (or undo) every claim left ``claiming`` that no thread is working on.
+
+        Safe while the node serves: each claim is re-read under its study's spool lock.
+        Returns how many claims are still stuck (they are logged and tried again next call).
+        """
+        stuck = 0
+        for job in self.store.list("claiming"):
+            if self._in_progress(job.token):
+                continue
+            try:
+                self._recover_claim(job)
+            except (OSError, sqlite3.Error) as exc:
+                stuck += 1
+                log.warning(
+                    "claim of study %s (job %d) not finished yet, will retry: %s",
+                    job.study,
+                    job.id,
+                    _describe(exc),
+                )
+        return stuck
+
+    def stuck_claims(self) -> int:
+        """Claims left ``claiming`` by a failure (not the ones being made right now)."""
+        return sum(1 for job in self.store.list("claiming") if not self._in_progress(job.token))
+
+    def _in_progress(self, token: str) -> bool:
+        with self._lock:
+            return token in self._claiming
+
+    def _recover_claim(self, job: Job) -> None:
+        with self.spool.locked(job.study):
+            current = self.store.get(job.id)
+            if current is None or current.state != "claiming":
+                return  # finished or undone meanwhile
+            dest = job.dir
+            if not dest.is_dir():
+                self._take(job.study, dest)
+            if dest.is_dir():
+                self._drop_copies(job.study, dest)
+                files = sorted(p.name for p in dest.iterdir() if p.name.endswith(".dcm"))
+                if files:
+                    self.store.finish_claim(job.id, files)
+                    log.info("recovered claim of study %s as job %d", job.study, job.id)
+                    return
+            self.store.drop_claim(job.id)
+
+    def _take(self, study_key: str, dest: Path) -> list[str] | None:
+        """The spool's rename of a batch to ``dest``, by copy when it crosses file systems
+        (call with the study's spool lock held)."""
+        try:
+            return self.spool.take_study(study_key, dest)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+        log.warning(
+            "spool and %s are on different file systems (EXDEV): copying study %s instead of "
+            "renaming it; put scp.spool_dir on the file system of node.state_dir",
+            self.jobs_dir,
+            study_key,
+        )
+        src = self.spool.study_dir(study_key)
+        _copy_dir(src, dest, [p for p in src.iterdir() if p.name.endswith(".dcm")])
+        self._drop_copies(study_key, dest)
+        return sorted(p.name for p in dest.iterdir() if p.name.endswith(".dcm"))
+
+    def _drop_copies(self, study_key: str, dest: Path) -> None:
+        """Delete spool files that are byte-identical copies of files in ``dest`` (left by a
+        cross-device move interrupted after its copy); the spool's study directory goes too
+        once empty. Call with the study's spool lock held."""
+        src = self.spool.study_dir(study_key)
+        if not src.is_dir():
+            return
+        dropped = False
+        for p in src.iterdir():
+            q = dest / p.name
+            if p.name.endswith(".dcm") and q.is_file() and filecmp.cmp(p, q, shallow=False):
+                p.unlink()
+                dropped = True
+        if dropped:
+            fsync_dir(src)
+            try:
+                src.rmdir()
+            except OSError:
+                pass  # newer instances remain: the next job takes them
+            fsync_dir(src.parent)
 
     def quarantine(self, job: Job) -> None:
         """Move a failed job's files to its (already recorded) quarantine directory."""
@@ -120,7 +241,48 @@ class Intake:
 
     @staticmethod
     def _move(src: Path, dest: Path) -> None:
+        """Rename ``src`` to ``dest`` durably; across file systems copy, then delete ``src``."""
         dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.rename(src, dest)
+        try:
+            os.rename(src, dest)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            _copy_dir(src, dest, [p for p in src.iterdir() if p.is_file()])
+            shutil.rmtree(src)
         fsync_dir(src.parent)
         fsync_dir(dest.parent)
+
+
+def _copy_dir(src: Path, dest: Path, files: list[Path]) -> None:
+    """Copy ``files`` (of ``src``) into a new directory ``dest`` durably: each file fsynced in a
+    staging directory beside ``dest``, which is then renamed to ``dest`` (same file system)."""
+    dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    staging = dest.with_name(f".{dest.name}.copying")
+    shutil.rmtree(staging, ignore_errors=True)  # left by a crash during an earlier copy
+    staging.mkdir(mode=0o700)
+    try:
+        for p in files:
+            fd = os.open(staging / p.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with open(p, "rb") as fin, os.fdopen(fd, "wb") as fout:
+                shutil.copyfileobj(fin, fout, 1 << 20)
+                fout.flush()
+                os.fsync(fout.fileno())
+        fsync_dir(staging)
+        os.rename(staging, dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    fsync_dir(dest.parent)
+
+
+def _describe(exc: BaseException) -> str:
+    """PHI-free text of a recovery error: the errno name for OS errors (no file names), the
+    SQLite message (fixed texts such as "database or disk is full") for the job store's."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return f"{type(exc).__name__} {errno.errorcode.get(exc.errno, exc.errno)}: " + (
+            os.strerror(exc.errno)
+        )
+    if isinstance(exc, sqlite3.Error):
+        return f"{type(exc).__name__}: {exc}"[:200]
+    return type(exc).__name__

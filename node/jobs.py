@@ -143,6 +143,13 @@ class JobStore:
                 ).fetchall()
         return [_job(r) for r in rows]
 
+    def counts(self) -> dict[str, int]:
+        """How many jobs are in each state (every state of :data:`STATES`, zeros included)."""
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
+            found = {str(r["state"]): int(r["n"]) for r in rows.fetchall()}
+        return {state: found.get(state, 0) for state in STATES}
+
     def done_before(self, cutoff: float) -> builtins.list[Job]:
         """Finished jobs last updated before ``cutoff`` (epoch seconds) that still list files."""
         with self._lock:

@@ -4,6 +4,11 @@ The action is any ``Callable[[Job], None]``: today a result object sent to a des
 the real pipeline (rules -> de-identification -> inference -> SR). It must be idempotent: after
 a crash a ``running`` job is run again. Raising means "try again later"; after
 ``max_attempts`` the job is ``failed`` and its files are quarantined.
+
+Between jobs the runner also retries claims a failure left ``claiming``
+(:meth:`node.intake.Intake.recover_claims`): every ``claim_retry[0]`` seconds while none is
+stuck, and with a backoff doubling up to ``claim_retry[1]`` seconds while some are (a full disk
+is not fixed in a second; the log gets one line per attempt, not one per poll).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ class JobRunner:
         poll_seconds: float = 0.2,
         housekeeping: Callable[[], object] | None = None,
         housekeeping_seconds: float = 3600.0,
+        claim_retry: tuple[float, float] = (1.0, 60.0),
     ) -> None:
         self.store = store
         self.intake = intake
@@ -45,6 +51,9 @@ class JobRunner:
         self.housekeeping = housekeeping
         self.housekeeping_seconds = housekeeping_seconds
         self._next_housekeeping = 0.0
+        self.claim_retry = claim_retry
+        self._next_claim_check = 0.0
+        self._claim_backoff = 0.0
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -114,9 +123,28 @@ class JobRunner:
         except Exception as exc:
             log.warning("housekeeping failed: %s", type(exc).__name__)
 
+    def _recover_claims(self) -> None:
+        """Retry claims left ``claiming`` (see the module docstring for the schedule)."""
+        now = time.monotonic()
+        if now < self._next_claim_check:
+            return
+        try:
+            stuck = self.intake.recover_claims()
+        except Exception as exc:  # the job store itself unreadable: try again later
+            log.warning("claim recovery failed: %s", type(exc).__name__)
+            stuck = 1
+        first, cap = self.claim_retry
+        if stuck:
+            self._claim_backoff = min(cap, self._claim_backoff * 2 or first)
+            self._next_claim_check = now + self._claim_backoff
+        else:
+            self._claim_backoff = 0.0
+            self._next_claim_check = now + first
+
     def _run(self) -> None:
         while not self._stop.is_set():
             self._housekeep()
+            self._recover_claims()
             try:
                 job = self.run_once()
             except Exception:

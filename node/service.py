@@ -14,13 +14,14 @@ instance is already durable), stop timers, then let the current job finish or be
 from __future__ import annotations
 
 import logging
+import shutil
 import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from node.config import NodeConfig
+from node.config import ConfigError, NodeConfig
 from node.intake import Intake
 from node.jobs import JobStore
 from node.metrics import NodeMetrics
@@ -53,6 +54,10 @@ class NodePaths:
     jobs_dir: Path
     quarantine: Path
     pseudonym_key: Path
+
+
+def _free_bytes(path: Path) -> int:
+    return shutil.disk_usage(path).free
 
 
 class StudyCompletion:
@@ -127,19 +132,33 @@ class NodeService:
         self._stopped = threading.Event()
 
     def refresh_metrics(self) -> None:
-        """Jobs by state, counted in the job store (called on every metrics scrape)."""
+        """Jobs by state, counted in the job store (called on every metrics scrape); a claim
+        stuck half-way shows as ``claiming``."""
         if self.metrics is not None:
-            counts = {state: 0 for state in ("queued", "running", "done", "failed")}
-            for job in self.store.list():
-                if job.state in counts:
-                    counts[job.state] += 1
-            self.metrics.set_jobs(counts)
+            self.metrics.set_jobs(self.store.counts())
+
+    def health(self) -> dict[str, bool]:
+        """The node's ``/healthz`` checks: runner alive, no claim stuck in ``claiming``, and
+        the spool's and the state directory's free space at or above ``scp.min_free_bytes``
+        (when the state directory's disk fills, the job store's updates fail)."""
+        watermark = self.cfg.scp.min_free_bytes
+        return {
+            "job_runner_alive": self.runner_alive(),
+            "spool_above_watermark": self.spool.free_bytes() >= watermark,
+            "state_dir_above_watermark": _free_bytes(self.paths.jobs_dir) >= watermark,
+            "no_stuck_claims": self.intake.stuck_claims() == 0,
+        }
 
     @property
     def port(self) -> int:
         return self.server.port
 
     def start(self) -> None:
+        """Start in crash-safe order; refuses (:class:`~node.config.ConfigError`) a spool on
+        another file system than the jobs directory, as ``blindread config check`` does."""
+        problems = self.cfg.filesystem_problems()
+        if problems:
+            raise ConfigError("node start-up", problems)
         self.intake.recover()
         self.monitor.seed(self.spool.studies())
         self.server.start()

@@ -19,8 +19,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
+    """The file's own problems, then (if it is valid) those of its directories on this
+    machine's file systems (spool and jobs directory on one file system, as the node's
+    start-up requires)."""
     try:
-        load_config(args.file)
+        cfg = load_config(args.file)
+        problems = cfg.filesystem_problems()
+        if problems:
+            raise ConfigError(str(args.file), problems)
     except ConfigError as exc:
         print(f"{exc.source}: INVALID ({len(exc.problems)} problem(s))")
         for line in exc.problems:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,35 @@ class NodeConfig(FrozenModel):
         return self.scp.spool_dir or self.node.state_dir / "spool"
 
     @property
+    def jobs_dir(self) -> Path:
+        """Where a completed study's batch goes (renamed out of the spool)."""
+        return self.node.state_dir / "jobs"
+
+    def filesystem_problems(self) -> list[str]:
+        """Problems of this config on this machine's file systems, one ``path: problem`` line
+        each (``blindread config check`` and the node's start-up report them).
+
+        A completed study is renamed from ``scp.spool_dir`` into ``<node.state_dir>/jobs``; a
+        rename cannot cross file systems (EXDEV), so both must be on one. Directories that do
+        not exist yet are judged by their nearest existing parent (where they will be made).
+        """
+        spool_at, spool_dev = _device(self.spool_dir)
+        jobs_at, jobs_dev = _device(self.jobs_dir)
+        if spool_dev == jobs_dev:
+            return []
+        where = "scp.spool_dir" if self.scp.spool_dir is not None else (
+            "scp.spool_dir (default <node.state_dir>/spool)"
+        )
+        return [
+            f"{where}: {self.spool_dir} is on another file system ({_dev(spool_dev, spool_at)})"
+            f" than node.state_dir's jobs directory {self.jobs_dir} ({_dev(jobs_dev, jobs_at)});"
+            " completed studies are moved from the spool into the jobs directory by rename,"
+            " which cannot cross file systems: set scp.spool_dir to a directory on the file"
+            " system of node.state_dir (or leave it out for <node.state_dir>/spool), and move"
+            " any files already spooled into it while the node is stopped"
+        ]
+
+    @property
     def audit_ledger(self) -> Path:
         """The audit ledger file (its public key is published beside it as ``<ledger>.pub``)."""
         return self.audit.ledger or self.node.state_dir / "audit" / "ledger.jsonl"
@@ -79,6 +109,22 @@ class NodeConfig(FrozenModel):
     def audit_key_file(self) -> Path:
         """The node's Ed25519 audit signing key (raw 32 private bytes, mode 0600)."""
         return self.audit.key_file or self.node.keys / "audit_ed25519.key"
+
+
+def _device(path: Path) -> tuple[Path, int]:
+    """``st_dev`` of ``path``, or of its nearest existing parent; with the path it was read at."""
+    p = path.absolute()
+    while True:
+        try:
+            return p, os.stat(p).st_dev
+        except FileNotFoundError:
+            if p.parent == p:
+                raise
+            p = p.parent
+
+
+def _dev(dev: int, at: Path) -> str:
+    return f"device {os.major(dev)}:{os.minor(dev)}, read at {at}"
 
 
 def _references(data: Any) -> RouteReferences:
