@@ -217,10 +217,7 @@ def entry_hash(entry: dict[str, Any]) -> str:
 
 def verify_chain(path: Path) -> int:
     """Check every link of a chain file; return the number of entries or raise ChainError."""
-    n = 0
-    for n, _entry in enumerate(_walk(path), 1):
-        pass
-    return n
+    return sum(1 for _entry in _walk(path))
 
 
 def _walk(path: Path) -> Iterator[dict[str, Any]]:
