@@ -114,6 +114,7 @@ def test_head_rewritten_is_detected(ledger: AuditLedger) -> None:
     ledger.head_path.write_text("{not json")
     assert "signed head unreadable" in verify(ledger).reason
     # an older genuine head while the ledger is whole: rolled back
+    ledger.head_path.write_bytes(genuine)
     fill(ledger, 3)
     ledger.head_path.write_bytes(genuine)
     report = verify(ledger, anchored=False)
