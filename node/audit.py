@@ -8,8 +8,13 @@ Each line is one entry (format in docs/audit.md)::
 
 ``hash = SHA-256(canonical JSON of {v, seq, time, kind, details, prev_hash})``, the first
 entry's ``prev_hash`` is 64 zeros, and ``signature = Ed25519(b"blindread-audit-v1\\0" + hash
-bytes)``. A signed copy of the newest (seq, hash, signature) is kept in ``<ledger>.head`` so that
-cutting entries off the end is detected too; the public key is published as ``<ledger>.pub``.
+bytes)``. After each append the newest (seq, hash) and a monotonic ``counter`` are signed as a
+*head* (its own signature domain, so an entry's signature cannot be passed off as a head) and
+written to ``<ledger>.head`` and, when an anchor is configured, to an anchor file in another
+directory (``audit.anchor_dir``) that someone who can rewrite the ledger's directory cannot: entries
+cut off the end, a head rebuilt or replaced by an older one, or an emptied ledger are then found
+(docs/audit.md says exactly what is and is not detectable). The public key is published as
+``<ledger>.pub``.
 
 The chain format itself (genesis, canonical JSON, body hash, linking, torn-tail repair, what a
 signature covers) is :mod:`secure_infer.chain`, shared with the vendor's request chain (the
@@ -24,6 +29,7 @@ exception instead of a ledger full of identifiers.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import fcntl
 import hashlib
@@ -61,12 +67,14 @@ from secure_infer import (
 __all__ = [
     "FORMAT_VERSION",
     "GENESIS_HASH",
+    "HEAD_SIGNATURE_DOMAIN",
     "SIGNATURE_DOMAIN",
     "AuditDetailError",
     "AuditEntry",
     "AuditError",
     "AuditKind",
     "AuditLedger",
+    "SignedHead",
     "VerifyReport",
     "canonical_json",
     "check_details",
@@ -83,6 +91,8 @@ __all__ = [
 FORMAT_VERSION = 1
 GENESIS_HASH = GENESIS
 SIGNATURE_DOMAIN = b"blindread-audit-v1\x00"
+HEAD_SIGNATURE_DOMAIN = b"blindread-audit-head-v1\x00"
+_HEAD_KEYS = frozenset({"v", "seq", "hash", "counter", "signature"})
 _ENTRY_KEYS = frozenset({"v", "seq", "time", "kind", "details", "prev_hash", "hash", "signature"})
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _HEX128 = re.compile(r"^[0-9a-f]{128}$")
@@ -112,6 +122,7 @@ class AuditKind(enum.StrEnum):
     JOB_FAILED = "job_failed"
     JOB_REQUEUED = "job_requeued"
     LEDGER_REPAIRED = "ledger_repaired"
+    LEDGER_ANCHORED = "ledger_anchored"
 
 
 _REQUIRED_DETAILS: dict[str, tuple[str, ...]] = {
@@ -265,6 +276,11 @@ class AuditEntry:
                    prev_hash=obj["prev_hash"], hash=obj["hash"], signature=obj["signature"],
                    v=obj["v"])
 
+    @property
+    def tip(self) -> ChainHead:
+        """The chain's head once this entry is its newest."""
+        return ChainHead(self.seq, self.hash)
+
     def computed_hash(self) -> str:
         return entry_hash(self.v, self.seq, self.time, self.kind, self.details, self.prev_hash)
 
@@ -299,6 +315,73 @@ def load_public_key(path: str | Path) -> Ed25519PublicKey:
     return key
 
 
+@dataclass(frozen=True)
+class SignedHead:
+    """Where the ledger ended when the node last appended, signed by the ledger's key.
+
+    ``counter`` grows by one with every head the node signs for this ledger and never goes
+    back (it equals ``seq`` unless the ledger was anchored after it already had entries), so of
+    two genuine heads the later one is known. The signature covers
+    ``HEAD_SIGNATURE_DOMAIN + SHA-256(canonical JSON of {v, seq, hash, counter})``.
+    """
+
+    seq: int
+    hash: str
+    counter: int
+    signature: str
+    v: int = FORMAT_VERSION
+
+    def body(self) -> dict[str, Any]:
+        return {"v": self.v, "seq": self.seq, "hash": self.hash, "counter": self.counter}
+
+    def to_bytes(self) -> bytes:
+        return canonical_json({**self.body(), "signature": self.signature}) + b"\n"
+
+    @classmethod
+    def sign(cls, key: Ed25519PrivateKey, at: ChainHead, counter: int) -> SignedHead:
+        body = {"v": FORMAT_VERSION, "seq": at.seq, "hash": at.hash, "counter": counter}
+        sig = key.sign(signing_input(HEAD_SIGNATURE_DOMAIN, body_hash(body))).hex()
+        return cls(at.seq, at.hash, counter, sig)
+
+    @classmethod
+    def read(cls, path: Path) -> SignedHead | str | None:
+        """The head stored in ``path``; ``None`` if there is none, or what is wrong with it."""
+        try:
+            obj = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return "unreadable"
+        if not isinstance(obj, dict):
+            return "unreadable"
+        if set(obj) != _HEAD_KEYS:
+            if set(obj) == {"seq", "hash", "signature"}:
+                return "in the old unsigned format (only the newest entry's signature)"
+            return "unreadable (wrong keys)"
+        ints = (obj["v"], obj["seq"], obj["counter"])
+        if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in ints):
+            return "unreadable (v, seq, counter must be integers)"
+        if not isinstance(obj["hash"], str) or not isinstance(obj["signature"], str):
+            return "unreadable (hash, signature must be strings)"
+        return cls(obj["seq"], obj["hash"], obj["counter"], obj["signature"], obj["v"])
+
+    def signature_valid(self, key: Ed25519PublicKey) -> bool:
+        if self.v != FORMAT_VERSION or not _HEX64.match(self.hash):
+            return False
+        if not _HEX128.match(self.signature):
+            return False
+        try:
+            key.verify(bytes.fromhex(self.signature),
+                       signing_input(HEAD_SIGNATURE_DOMAIN, body_hash(self.body())))
+        except InvalidSignature:
+            return False
+        return True
+
+    @property
+    def at(self) -> ChainHead:
+        return ChainHead(self.seq, self.hash)
+
+
 # --- writing -----------------------------------------------------------------------------------
 
 
@@ -310,25 +393,39 @@ class AuditLedger:
     ``fsync`` (the default) an entry is on disk before :meth:`append` returns. A torn last line
     left by a crash mid-append (never acknowledged) is cut off and a ``ledger_repaired`` entry
     records how many bytes were dropped.
+
+    After each entry a :class:`SignedHead` is written to ``<ledger>.head`` and to ``anchor`` (a
+    file in another directory) when given. Before appending, the ledger is checked against
+    its head and anchor: a ledger shorter than its anchor, or a head that is missing or not the
+    node's, raises :class:`AuditError` (the node stops writing rather than sign over a cut
+    ledger). A ledger that has entries but no anchor yet (anchoring was just configured, or
+    the anchor was deleted) is anchored at its current end and a ``ledger_anchored`` entry
+    records it, so the gap is visible in the chain itself.
     """
 
-    def __init__(self, path: str | Path, private_key: Ed25519PrivateKey, fsync: bool = True):
+    def __init__(self, path: str | Path, private_key: Ed25519PrivateKey, fsync: bool = True,
+                 anchor: str | Path | None = None):
         self.path = Path(path)
+        self.anchor = Path(anchor) if anchor is not None else None
         self._key = private_key
         self._fsync = fsync
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+        if self.anchor is not None:
+            self.anchor.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._publish_public_key()
-        os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640))
+        with self._locked() as fd:
+            self._last(fd)  # checks head and anchor (and writes the first head of a new ledger)
 
     @classmethod
-    def open(cls, path: str | Path, key_file: str | Path, fsync: bool = True) -> AuditLedger:
+    def open(cls, path: str | Path, key_file: str | Path, fsync: bool = True,
+             anchor: str | Path | None = None) -> AuditLedger:
         """Open (or create) ``path``, signing with the raw Ed25519 key in ``key_file``.
 
         The key file is created (32 random bytes, mode 0600) on first use.
         """
         raw = load_or_create_secret(Path(key_file), 32)
-        return cls(path, Ed25519PrivateKey.from_private_bytes(raw), fsync=fsync)
+        return cls(path, Ed25519PrivateKey.from_private_bytes(raw), fsync=fsync, anchor=anchor)
 
     @property
     def public_key(self) -> Ed25519PublicKey:
@@ -356,6 +453,16 @@ class AuditLedger:
             return
         atomic_write(pub, pem, mode=0o644, sync=self._fsync)
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[int]:
+        with self._lock:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o640)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield fd
+            finally:
+                os.close(fd)  # releases the flock
+
     def append(
         self,
         kind: str | AuditKind,
@@ -372,24 +479,33 @@ class AuditLedger:
             time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ") if time is not None
             else _utc_now()
         )
-        with self._lock:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o640)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                entry = self._write(fd, self._last(fd), stamp, kind, plain)
-            finally:
-                os.close(fd)  # releases the flock
+        with self._locked() as fd:
+            tip, counter = self._last(fd)
+            entry = self._write(fd, tip, counter, stamp, kind, plain)
         return entry
 
-    def _last(self, fd: int) -> ChainHead:
-        """The head to append after (under the lock), repairing a torn last line first."""
+    def _last(self, fd: int) -> tuple[ChainHead, int]:
+        """The head to append after and the newest head counter (under the lock).
+
+        Repairs a torn last line first, and refuses a ledger that does not reach its anchor.
+        """
         dropped = cut_torn_tail(fd, sync=self._fsync)
+        tip, prev = self._tip(fd)
+        counter = self._check_heads(tip, prev)
         if dropped:
-            self._write(fd, self._last(fd), _utc_now(), AuditKind.LEDGER_REPAIRED,
-                        {"dropped_bytes": dropped, "reason": "torn last line"})
-            return self._last(fd)
+            tip, counter = self._write(
+                fd, tip, counter, _utc_now(), AuditKind.LEDGER_REPAIRED,
+                {"dropped_bytes": dropped, "reason": "torn last line"}).tip, counter + 1
+        if self.anchor is not None and not self.anchor.exists() and tip.seq > 0:
+            tip, counter = self._write(
+                fd, tip, counter, _utc_now(), AuditKind.LEDGER_ANCHORED,
+                {"entries_before": tip.seq, "reason": "no anchor"}).tip, counter + 1
+        return tip, counter
+
+    def _tip(self, fd: int) -> tuple[ChainHead, str]:
+        """The newest entry as a head, and its ``prev_hash``."""
         if os.fstat(fd).st_size == 0:
-            return ChainHead()
+            return ChainHead(), GENESIS
         line, _ = read_last_line(fd)
         try:
             entry = AuditEntry.from_json(line.decode("utf-8"))
@@ -397,10 +513,48 @@ class AuditLedger:
             raise AuditError(
                 f"{self.path}: last entry is damaged ({exc}); run 'blindread audit verify'"
             ) from None
-        return ChainHead(entry.seq, entry.hash)
+        return ChainHead(entry.seq, entry.hash), entry.prev_hash
+
+    def _check_heads(self, tip: ChainHead, prev_hash: str) -> int:
+        """Check head and anchor against the ledger's end; return the newest counter.
+
+        Either names the newest entry, or (a crash between the entry and the head) the one
+        before it. A new, empty ledger gets its first head (seq 0) here.
+        """
+        counter = -1
+        for where, path in (("signed head", self.head_path), ("anchor", self.anchor)):
+            if path is None:
+                continue
+            head = SignedHead.read(path)
+            if head is None:
+                if where == "anchor" or tip.seq == 0:
+                    continue  # a new ledger, or anchoring just configured (recorded)
+                raise AuditError(f"{path}: {where} missing; run 'blindread audit verify'")
+            if isinstance(head, str) and where == "signed head" and head.startswith("in the old"):
+                continue  # written by an older version: replaced by the next head
+            if isinstance(head, str) or not head.signature_valid(self.public_key):
+                raise AuditError(f"{path}: {where} is not signed by this ledger's key;"
+                                 " run 'blindread audit verify'")
+            if head.at != tip and not (head.seq == tip.seq - 1 and head.hash == prev_hash):
+                raise AuditError(
+                    f"{self.path}: ledger ends at seq {tip.seq} but its {where} ({path}) says"
+                    f" seq {head.seq}; refusing to append: run 'blindread audit verify'"
+                )
+            counter = max(counter, head.counter)
+        if counter < 0 and tip.seq == 0:
+            self._put_head(SignedHead.sign(self._key, tip, 0))  # the first head of a ledger
+            counter = 0
+        return counter
+
+    def _put_head(self, head: SignedHead) -> None:
+        """The ledger's own head first, then the anchor (so the anchor is never ahead)."""
+        atomic_write(self.head_path, head.to_bytes(), mode=0o640, sync=self._fsync)
+        if self.anchor is not None:
+            atomic_write(self.anchor, head.to_bytes(), mode=0o640, sync=self._fsync)
 
     def _write(
-        self, fd: int, after: ChainHead, stamp: str, kind: str, details: dict[str, Any]
+        self, fd: int, after: ChainHead, counter: int, stamp: str, kind: str,
+        details: dict[str, Any],
     ) -> AuditEntry:
         """Sign and append the entry that follows ``after``, then replace the signed head."""
         seq, prev = after.seq + 1, after.hash
@@ -408,8 +562,7 @@ class AuditLedger:
         sig = self._key.sign(_signed_bytes(h)).hex()
         entry = AuditEntry(seq, stamp, kind, details, prev, h, sig)
         append_line(fd, (entry.to_json() + "\n").encode("ascii"), sync=self._fsync)
-        head = {"seq": seq, "hash": h, "signature": sig}
-        atomic_write(self.head_path, canonical_json(head) + b"\n", mode=0o640, sync=self._fsync)
+        self._put_head(SignedHead.sign(self._key, entry.tip, counter + 1))
         return entry
 
 
@@ -417,7 +570,8 @@ def open_ledger(cfg: NodeConfig) -> AuditLedger | None:
     """The ledger configured under ``audit:`` (``None`` when ``audit.enabled`` is false)."""
     if not cfg.audit.enabled:
         return None
-    return AuditLedger.open(cfg.audit_ledger, cfg.audit_key_file, fsync=cfg.audit.fsync)
+    return AuditLedger.open(cfg.audit_ledger, cfg.audit_key_file, fsync=cfg.audit.fsync,
+                            anchor=cfg.audit_anchor)
 
 
 def public_key_path(ledger: Path) -> Path:
@@ -426,7 +580,7 @@ def public_key_path(ledger: Path) -> Path:
 
 
 def head_path(ledger: Path) -> Path:
-    """Where the signed head (newest seq and hash) is kept."""
+    """Where the signed head (newest seq and hash) is kept beside the ledger."""
     return ledger.with_name(ledger.name + ".head")
 
 
@@ -438,7 +592,8 @@ class VerifyReport:
     """Outcome of :func:`verify_ledger`.
 
     ``bad_line`` is the 1-based line of the first bad entry (``bad_seq`` the seq expected
-    there); both are ``None`` when the ledger verifies.
+    there); both are ``None`` when the ledger verifies. A fault of the head or the anchor is
+    reported at the line after the last entry.
     """
 
     entries: int
@@ -446,6 +601,7 @@ class VerifyReport:
     bad_seq: int | None = None
     reason: str = ""
     head_seq: int | None = None
+    anchor_seq: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -454,23 +610,13 @@ class VerifyReport:
     def describe(self) -> str:
         if self.ok:
             head = f", signed head at seq {self.head_seq}" if self.head_seq is not None else ""
-            return f"OK: {self.entries} entries, chain intact{head}"
+            anchor = (f", anchored at seq {self.anchor_seq}" if self.anchor_seq is not None
+                      else ", no anchor checked")
+            return f"OK: {self.entries} entries, chain intact{head}{anchor}"
         return (
             f"TAMPERED: first bad entry at line {self.bad_line} (seq {self.bad_seq}):"
             f" {self.reason}; {self.entries} entries before it verify"
         )
-
-
-def _read_head(path: Path) -> tuple[int, str, str] | str | None:
-    """(seq, hash, signature) of the signed head, ``None`` if absent, or a problem string."""
-    hp = head_path(path)
-    try:
-        head = json.loads(hp.read_bytes())
-        return int(head["seq"]), str(head["hash"]), str(head["signature"])
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError):
-        return "signed head file unreadable"
 
 
 def _link_reason(fault: LinkFault, got_seq: int, seq: int) -> str:
@@ -482,14 +628,45 @@ def _link_reason(fault: LinkFault, got_seq: int, seq: int) -> str:
     return "content does not match its hash (entry edited)"
 
 
-def verify_ledger(
-    path: str | Path, key: Ed25519PublicKey, *, check_head: bool = True
-) -> VerifyReport:
-    """Check every entry: shape, seq, link to the previous hash, own hash, signature, and the
-    signed head (so truncation is caught). Stops at the FIRST bad entry.
+def _head_fault(
+    what: str, head: SignedHead | str | None, named_at: int | None, n: int, key: Ed25519PublicKey
+) -> str | None:
+    """What is wrong with a signed head (the ledger's own, or its anchor) for ``n`` entries.
 
-    Streams the file (memory does not grow with the ledger). The head is read before the
-    entries, so a node appending meanwhile cannot cause a false "cut off" report.
+    ``named_at`` is the seq of the entry whose hash the head names (0 for genesis, ``None``
+    if no entry has it). A head names the newest entry or, after a crash between the entry
+    and its head, the one before it.
+    """
+    if head is None:
+        return f"{what} file missing: truncation not ruled out"
+    if isinstance(head, str):
+        return f"{what} {head}"
+    # The seq check first: an edited seq is named as such (the signature would fail too).
+    if named_at is not None and named_at != head.seq:
+        return f"{what} names entry seq {named_at} but says seq {head.seq}: {what} edited"
+    if not head.signature_valid(key):
+        return f"{what} has an invalid signature (rebuilt without the key?)"
+    if head.seq > n:
+        return (f"ledger ends at seq {n} but the {what} says seq {head.seq}:"
+                " entries were cut off the end")
+    if named_at is None:
+        return f"{what} names no entry of this ledger"
+    if head.seq < n - 1:
+        return (f"{what} is at seq {head.seq} but the ledger has {n} entries:"
+                f" the {what} was replaced by an older one")
+    return None
+
+
+def verify_ledger(
+    path: str | Path, key: Ed25519PublicKey, *, check_head: bool = True,
+    anchor: str | Path | None = None,
+) -> VerifyReport:
+    """Check every entry: shape, seq, link to the previous hash, own hash, signature; then the
+    signed head and, if given, the ``anchor`` kept in another directory (so truncation, a head
+    rebuilt or rolled back, and an emptied ledger are caught). Stops at the FIRST bad entry.
+
+    Streams the file (memory does not grow with the ledger). The head and anchor are read
+    before the entries, so a node appending meanwhile cannot cause a false "cut off" report.
     """
     path = Path(path)
     try:
@@ -498,14 +675,16 @@ def verify_ledger(
         raise AuditError(f"{path}: cannot read ledger ({exc.strerror})") from None
     with fh:
         # A snapshot between appends (they hold LOCK_EX): the size of complete entries and
-        # the head that belongs to them. The lock is released before the (long) check.
+        # the heads that belong to them. The lock is released before the (long) check.
         fcntl.flock(fh.fileno(), fcntl.LOCK_SH)
         try:
             size = os.fstat(fh.fileno()).st_size
-            head = _read_head(path) if check_head else None
+            head = SignedHead.read(head_path(path)) if check_head else None
+            anch = SignedHead.read(Path(anchor)) if check_head and anchor is not None else None
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-        head_at: int | None = None  # seq of the entry whose hash the head names
+        wanted = {h.hash: None for h in (head, anch) if isinstance(h, SignedHead)}
+        named: dict[str, int] = {GENESIS: 0} if GENESIS in wanted else {}
         tip, consumed = ChainHead(), 0
         for raw in fh:
             if consumed >= size:
@@ -530,35 +709,30 @@ def verify_ledger(
                 return bad(_link_reason(faults[0], entry.seq, seq))
             if not entry.signature_valid(key):
                 return bad("signature invalid (forged entry or wrong public key)")
-            if isinstance(head, tuple) and head[1] == entry.hash:
-                head_at = seq
+            if entry.hash in wanted:
+                named[entry.hash] = seq
             tip = tip.then(entry.hash)
     n = tip.seq
     if not check_head:
         return VerifyReport(entries=n)
     end = (n, n + 1, n + 1)
-    if head is None:
-        if n <= 1:  # a crash during the very first append can leave no head
-            return VerifyReport(entries=n)
-        return VerifyReport(*end, "signed head file missing: truncation not ruled out")
-    if isinstance(head, str):
-        return VerifyReport(*end, head)
-    h_seq, h_hash, h_sig = head
-    if not AuditEntry(h_seq, "", "", {}, "", h_hash, h_sig).signature_valid(key):
-        return VerifyReport(*end, "signed head has an invalid signature")
-    # The signature covers the head's hash, and that hash covers the entry's seq.
-    if head_at is not None and head_at != h_seq:
-        return VerifyReport(
-            *end, f"signed head names entry seq {head_at} but says seq {h_seq}: head file edited"
-        )
-    if head_at is None:
-        if h_seq > n:
-            return VerifyReport(
-                *end, f"ledger ends at seq {n} but the signed head says seq {h_seq}:"
-                " entries were cut off the end"
-            )
-        return VerifyReport(*end, "signed head names no entry of this ledger")
-    return VerifyReport(entries=n, head_seq=h_seq)
+
+    def at(h: SignedHead | str | None) -> int | None:
+        return named.get(h.hash) if isinstance(h, SignedHead) else None
+
+    fault = _head_fault("signed head", head, at(head), n, key)
+    if fault is None and anchor is not None:
+        fault = _head_fault(f"anchor ({anchor})", anch, at(anch), n, key)
+        if fault is None:
+            assert isinstance(head, SignedHead) and isinstance(anch, SignedHead)
+            if anch.counter > head.counter or anch.seq > head.seq:
+                fault = (f"signed head (seq {head.seq}, counter {head.counter}) is older than"
+                         f" its anchor (seq {anch.seq}, counter {anch.counter}): head rolled back")
+    if fault is not None:
+        return VerifyReport(*end, fault)
+    assert isinstance(head, SignedHead)
+    return VerifyReport(entries=n, head_seq=head.seq,
+                        anchor_seq=anch.seq if isinstance(anch, SignedHead) else None)
 
 
 def export_since(path: str | Path, since: datetime) -> Iterator[str]:

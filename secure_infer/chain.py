@@ -42,6 +42,10 @@ same values for what it sent and received, can be cross-checked against this fil
 
 Each append is fsync'd before the response leaves, so an acknowledged request is never missing;
 a torn last line left by a crash is cut off on open (its request was never answered).
+
+On open the chain is read once and every job token is indexed with its ``request_sha256``
+(:meth:`HashChain.request_of`; about 250 bytes of memory per entry), so the vendor refuses a job
+token sent again with another request even after a restart.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -213,9 +217,14 @@ def entry_hash(entry: dict[str, Any]) -> str:
 
 def verify_chain(path: Path) -> int:
     """Check every link of a chain file; return the number of entries or raise ChainError."""
+    return sum(1 for _entry in _walk(path))
+
+
+def _walk(path: Path) -> Iterator[dict[str, Any]]:
+    """Each entry of a chain file in order, checked against the one before (ChainError)."""
     head = ChainHead()
     if not path.exists():
-        return 0
+        return
     with path.open("r", encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             try:
@@ -234,7 +243,7 @@ def verify_chain(path: Path) -> int:
                 first = next(f for f in _VENDOR_FAULT_ORDER if f in faults)
                 raise ChainError(f"{path}:{lineno}: {reasons[first]}")
             head = head.then(entry["entry_hash"])
-    return head.seq
+            yield entry
 
 
 class HashChain:
@@ -243,22 +252,35 @@ class HashChain:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
+        self._jobs: dict[str, str] = {}  # job token -> request_sha256, for every entry
         path.parent.mkdir(parents=True, exist_ok=True)
         self._tail = self._recover()
 
     def _recover(self) -> ChainHead:
+        """Cut a torn tail, check every link, and index the job tokens already answered."""
         if not self.path.exists():
             return ChainHead()
         fd = os.open(self.path, os.O_RDWR)
         try:
             cut_torn_tail(fd)  # torn final write from a crash: never acknowledged
-            if verify_chain(self.path) == 0:
-                return ChainHead()
-            line, _ = read_last_line(fd)
         finally:
             os.close(fd)
-        last = json.loads(line)
-        return ChainHead(int(last["seq"]), str(last["entry_hash"]))
+        head = ChainHead()
+        for entry in _walk(self.path):
+            job = entry.get("job")
+            if isinstance(job, str):
+                self._jobs.setdefault(job, str(entry.get("request_sha256")))
+            head = head.then(str(entry["entry_hash"]))
+        return head
+
+    def request_of(self, job: str) -> str | None:
+        """The ``request_sha256`` of the (first) entry for ``job``; ``None`` if never answered.
+
+        Loaded from the file on open, so it survives a restart: the vendor's replay protection
+        (one request per job token) needs no state besides the chain.
+        """
+        with self._lock:
+            return self._jobs.get(job)
 
     @property
     def head(self) -> str:
@@ -295,4 +317,5 @@ class HashChain:
             finally:
                 os.close(fd)
             self._tail = self._tail.then(entry["entry_hash"])
+            self._jobs.setdefault(job, request_sha256)
             return entry

@@ -51,18 +51,26 @@ def _source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--public-key", default=None,
                    help="PEM public key to verify with (default: <ledger>.pub; prefer a copy"
                         " kept off this host)")
+    p.add_argument("--anchor", default=None,
+                   help="the ledger's anchor file (default with --config: from audit.anchor_dir;"
+                        " with --ledger: none, so cut entries may go unnoticed)")
 
 
-def _ledger_and_key(args: argparse.Namespace) -> tuple[Path, Path]:
-    ledger = load_config(args.config).audit_ledger if args.config else Path(args.ledger)
+def _ledger_and_key(args: argparse.Namespace) -> tuple[Path, Path, Path | None]:
+    anchor = Path(args.anchor) if args.anchor else None
+    if args.config:
+        cfg = load_config(args.config)
+        ledger, anchor = cfg.audit_ledger, anchor or cfg.audit_anchor
+    else:
+        ledger = Path(args.ledger)
     key = Path(args.public_key) if args.public_key else public_key_path(ledger)
-    return ledger, key
+    return ledger, key, anchor
 
 
 def _verify(args: argparse.Namespace) -> int:
-    ledger, key_path = _ledger_and_key(args)
+    ledger, key_path, anchor = _ledger_and_key(args)
     key = load_public_key(key_path)  # AuditError -> "error: ...", exit 1 (node.cli.errors)
-    report = verify_ledger(ledger, key)
+    report = verify_ledger(ledger, key, anchor=anchor)
     print(f"{ledger}: {report.describe()}")
     print(f"public key {key_path}: {key_fingerprint(key)}")
     return 0 if report.ok else 1
@@ -78,11 +86,11 @@ def _parse_since(text: str) -> datetime:
 
 
 def _export(args: argparse.Namespace) -> int:
-    ledger, key_path = _ledger_and_key(args)
+    ledger, key_path, anchor = _ledger_and_key(args)
     since = _parse_since(args.since)
     with reported_as("error", OSError):  # AuditError -> "error: ...", exit 1 (node.cli.errors)
         if not args.no_verify:
-            report = verify_ledger(ledger, load_public_key(key_path))
+            report = verify_ledger(ledger, load_public_key(key_path), anchor=anchor)
             if not report.ok:
                 print(f"{ledger}: {report.describe()}; not exporting (use --no-verify)",
                       file=sys.stderr)

@@ -110,6 +110,17 @@ class NodeConfig(FrozenModel):
         """The node's Ed25519 audit signing key (raw 32 private bytes, mode 0600)."""
         return self.audit.key_file or self.node.keys / "audit_ed25519.key"
 
+    @property
+    def audit_anchor(self) -> Path:
+        """The anchor of the audit ledger's signed head, outside the ledger's directory.
+
+        Default ``<key_dir>/<ledger name>.anchor``: whoever can rewrite the key directory can
+        take the signing key and forge the whole ledger anyway, so the anchor is as safe as
+        the key; a custom directory must be writable by the node (systemd ReadWritePaths).
+        """
+        anchor_dir = self.audit.anchor_dir or self.node.keys
+        return anchor_dir / (self.audit_ledger.name + ".anchor")
+
 
 def _device(path: Path) -> tuple[Path, int]:
     """``st_dev`` of ``path``, or of its nearest existing parent; with the path it was read at."""

@@ -20,6 +20,11 @@ class AuditSection(FrozenModel):
         default=None, description="Ed25519 signing key, default: <key_dir>/audit_ed25519.key"
     )
     fsync: bool = Field(default=True, description="fsync every entry before append() returns")
+    anchor_dir: Path | None = Field(
+        default=None,
+        description="where the signed head is anchored, outside the ledger's directory"
+        " (<anchor_dir>/<ledger file name>.anchor); default: <key_dir>, next to the signing key",
+    )
 
 
 class MetricsSection(FrozenModel):

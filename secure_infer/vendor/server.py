@@ -386,6 +386,26 @@ async def _evaluate_split(
     return outputs, eval_s, queue_s
 
 
+def _refuse_answered_job(srv: VendorServer, job: str, req_sha: str) -> None:
+    """Refuse a job token the chain already holds, when its answer is no longer in memory.
+
+    The chain indexes every token it holds (loaded on start), so this holds across restarts
+    and beyond the in-memory replay cache: another request under the same token is
+    ``job_token_reused``; the same request is too (the answer, ciphertexts of several MB, is
+    not kept on disk and is not computed twice, so the chain keeps one entry per token): the
+    hospital sends it again under a new token.
+    """
+    known = srv.chain.request_of(job)
+    if known is None:
+        return
+    if known != req_sha:
+        raise JobReusedError("this job token was already used for another request")
+    raise JobReusedError(
+        "this job token was already answered and the answer is no longer kept (vendor"
+        " restarted or the answer aged out); send the request again with a new job token"
+    )
+
+
 async def infer(request: Request) -> Response:
     srv = _srv(request)
     hosp = _hospital(request)
@@ -403,6 +423,7 @@ async def infer(request: Request) -> Response:
             raise JobReusedError("this job token was already used for another request")
         log.info("infer job=%s replayed (retry of an answered request)", job)
         return Response(seen.body, media_type=MEDIA_TYPE, headers=seen.headers)
+    _refuse_answered_job(srv, job, req_sha)
     limit = int(getattr(vm.spec, "max_ciphertexts", len(inputs)))
     if len(inputs) > limit:
         raise CiphertextError(
