@@ -60,6 +60,8 @@ class Orthanc:
     """A real Orthanc started in ``workdir``; a context manager.
 
     ``modalities`` maps a name to ``(ae_title, host, port)`` so Orthanc can push to a node.
+    ``overwrite_instances`` is Orthanc's ``OverwriteInstances``: ``False`` (Orthanc's own
+    default, what most PACS do) keeps the first copy of a SOP Instance UID and ignores resends.
     """
 
     def __init__(
@@ -68,6 +70,7 @@ class Orthanc:
         aet: str = "ORTHANC",
         modalities: dict[str, tuple[str, str, int]] | None = None,
         binary: str | None = None,
+        overwrite_instances: bool = True,
     ) -> None:
         found = binary or find_orthanc()
         if found is None:
@@ -79,6 +82,7 @@ class Orthanc:
         self.dicom_port = free_port()
         self.http_port = free_port()
         self.modalities = modalities or {}
+        self.overwrite_instances = overwrite_instances
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -107,9 +111,10 @@ class Orthanc:
             "Plugins": [],
             "DicomModalities": {k: list(v) for k, v in self.modalities.items()},
             "StableAge": 2,
-            # a re-sent SOP Instance UID replaces the stored one (our SRs keep their UID when
-            # a late image makes the node re-issue a study's result)
-            "OverwriteInstances": True,
+            # True: a re-sent SOP Instance UID replaces the stored one. The node never relies
+            # on it (an amended result is a new SR, docs/sr.md); tests that want a PACS with
+            # Orthanc's default pass overwrite_instances=False
+            "OverwriteInstances": self.overwrite_instances,
             "HttpsVerifyPeers": False,
         }
         cfg = self.workdir / "orthanc.json"

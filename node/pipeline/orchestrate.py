@@ -8,8 +8,9 @@ Each step lives in its own module (:mod:`~node.pipeline.deid`, :mod:`~node.pipel
 returns a typed result that this module stores in the job's own folder (``<job dir>/steps/``,
 :class:`~node.pipeline.store.StepStore`) before the next step starts; a step whose result is
 already there is not done again. A crash at any point therefore resumes at the first step
-without a result; the SR's UIDs are derived from the study and model version with a keyed hash,
-so a resend after a crash replaces the SR in PACS instead of adding a second one.
+without a result; the SR's UIDs are derived from the study, model version and covered images
+with a keyed hash, so a resend after a crash keeps its UID instead of adding a second SR, and a
+result amended for late images is a new SR superseding the first (docs/sr.md).
 
 What leaves the node: only ciphertexts and a random job token go to the vendor (the inference
 worker reads the de-identified copies, never the originals); SRs go to the destinations the rule
@@ -138,8 +139,8 @@ class Pipeline:
         """This job's instances, plus those of earlier finished jobs of the same study.
 
         Images that arrive after a study's completion timer fired make a second job; with the
-        earlier images included, its result covers the whole study and (same keyed SR UID)
-        replaces the first result instead of describing only the late images.
+        earlier images included, its result covers the whole study; it is an amended SR (new
+        UID, same series, the earlier SR as predecessor) rather than one of the late images.
         """
         files: dict[str, Path] = {}
         for other in [*self.jobs.earlier_done(job), job]:
@@ -147,6 +148,15 @@ class Pipeline:
                 if path.exists():
                     files[path.name] = path  # same name = same SOP instance; newest wins
         return list(files.values())
+
+    def _earlier_results(self, job: Job) -> list[Path]:
+        """Result folders of the study's earlier finished jobs (every rule): an SR there that
+        the new one amends is named as its predecessor."""
+        return [
+            folder
+            for other in self.jobs.earlier_done(job)
+            for folder in sorted((other.dir / "work").glob("*/sr"))
+        ]
 
     def _headers(self, job: Job) -> Headers:
         out: Headers = []
@@ -229,9 +239,10 @@ class Pipeline:
         )
         # 4. SR into the original study (identity re-linked and checked through the vault)
         built = steps.get(SrBuilt, tag) or steps.put(
-            build_sr(ctx, action, manifest, [p for p, _ in selected], deid, inferred, sr_dir),
+            build_sr(ctx, action, manifest, [p for p, _ in selected], deid, inferred, sr_dir,
+                     self._earlier_results(job)),
             tag,
-        )
+        )  # fmt: skip
         # 5. deliver to every destination (each one once)
         for dest in action.destinations:
             self._deliver(job, steps, tag, dest, [sr_dir / f for f in built.files], "sr")

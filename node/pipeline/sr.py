@@ -1,12 +1,15 @@
 """Step 4 of inference: the result SR (and optional summary image) in the original study.
 
 The study's identity comes back through the vault and is checked against the job's own files;
-the SR's UIDs are a keyed hash of the study and model version, so a resend after a crash (or
-the job of late images) replaces the SR in PACS instead of adding a second one.
+the SR's UIDs are a keyed hash of the study, the model version and the set of images it covers,
+so a resend after a crash keeps its UID (the PACS keeps one copy), while the job of late images
+writes an amended SR: a new UID in the same series, superseding the earlier SRs it finds in
+``earlier`` (the result folders of the study's earlier jobs) by Predecessor Documents Sequence.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +27,8 @@ from node.sr import ResultOutputs, as_outputs, build_result_objects, write_datas
 from secure_infer import Manifest
 
 __all__ = ["SrBuilt", "build_sr", "result_outputs"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,24 @@ def _check_relink(ctx: StepContext, study_pseudonym: str, original: Dataset) -> 
         raise JobError("identifier vault does not re-link this result to its study")
 
 
+def _earlier_results(folders: Sequence[Path], own: Path) -> list[Dataset]:
+    """Headers of the SRs in ``folders`` (not ``own``); unreadable files are skipped."""
+    found: list[Dataset] = []
+    for folder in folders:
+        if folder.resolve() == own.resolve() or not folder.is_dir():
+            continue
+        for path in sorted(folder.glob("*.dcm")):
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
+            except Exception as exc:  # a damaged old result only loses its predecessor reference
+                log.warning("an earlier result file is unreadable (%s); not referenced as "
+                            "predecessor", type(exc).__name__)  # fmt: skip
+                continue
+            if ds.get("Modality") == "SR":
+                found.append(ds)
+    return found
+
+
 def build_sr(
     ctx: StepContext,
     action: InferAction,
@@ -66,8 +89,13 @@ def build_sr(
     deid: Deidentified,
     inferred: Inferred,
     out_dir: Path,
+    earlier: Sequence[Path] = (),
 ) -> SrBuilt:
-    """Build the result objects for the job files ``sources`` into ``out_dir``."""
+    """Build the result objects for the job files ``sources`` into ``out_dir``.
+
+    ``earlier`` are result folders of the study's earlier finished jobs: an SR there of the
+    same model version that covers fewer images is the predecessor of this one.
+    """
     with ctx.timed("sr_build"):
         by_name = {p.name: p for p in sources}
         originals = [
@@ -82,6 +110,7 @@ def build_sr(
             uid_key=ctx.uid_key,
             settings=action.sr_settings(ctx.cfg.sr),
             algorithm_parameters=inferred.parameters,
+            earlier_results=_earlier_results(earlier, out_dir),
         )
         out_dir.mkdir(parents=True, exist_ok=True)
         files = []

@@ -19,6 +19,9 @@ template-conformant by construction. Layout:
 - Patient and study modules are copied from the original source datasets (highdicom's
   ``copy_patient_and_study_information``), so the SR lands in the original study; series and
   instance UIDs are keyed-deterministic (:mod:`node.sr.uids`) so a resend replaces the earlier SR.
+- An SR amended for late images (more source images than an earlier SR of the same result) is a
+  new document in the same series: new SOP Instance UID, Instance Number = revision, and every
+  earlier revision in Predecessor Documents Sequence (:mod:`node.sr.revisions`).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from node.config.sr import SrSection
 from node.sr import concepts as c
 from node.sr.errors import SrError
 from node.sr.outputs import ResultOutputs, check_outputs
+from node.sr.revisions import revision_of
 from node.sr.uids import MIN_UID_KEY_BYTES, ResultUids, device_uid
 from secure_infer import Manifest, OutputLabel
 
@@ -253,6 +257,7 @@ def build_result_sr(
     uid_key: bytes,
     settings: SrSection | None = None,
     algorithm_parameters: AlgorithmParameters | None = None,
+    earlier_results: Sequence[Dataset] = (),
 ) -> Comprehensive3DSR:
     """Build the result SR of ``manifest``'s model on the study of ``source_datasets``.
 
@@ -271,6 +276,10 @@ def build_result_sr(
         Series number/description etc.; defaults to :class:`SrSection` defaults.
     algorithm_parameters
         Written into every group's algorithm identification, e.g. the CKKS parameter set.
+    earlier_results
+        Result objects already written back for this study (headers suffice): an earlier SR of
+        the same study and model version that covers other images makes this SR its amendment
+        (predecessor reference, next Instance Number); other objects are ignored.
 
     Raises
     ------
@@ -286,7 +295,14 @@ def build_result_sr(
     )
     images = [_Image(i, ds) for i, ds in enumerate(sources, 1)]
     by_uid = {str(img.ds.SOPInstanceUID): img for img in images}
-    uids = ResultUids(uid_key, str(sources[0].StudyInstanceUID), manifest.name, manifest.version)
+    uids = ResultUids(
+        uid_key,
+        str(sources[0].StudyInstanceUID),
+        manifest.name,
+        manifest.version,
+        (str(d.SOPInstanceUID) for d in sources),
+    )
+    revision = revision_of(uids.sr_series, uids.sr_instance, earlier_results)
     base_params = _parameter_strings(algorithm_parameters)
 
     groups: list[MeasurementsAndQualitativeEvaluations] = []
@@ -332,7 +348,7 @@ def build_result_sr(
             series_instance_uid=uids.sr_series,
             series_number=settings.series_number,
             sop_instance_uid=uids.sr_instance,
-            instance_number=1,
+            instance_number=revision.number,
             manufacturer=BLINDREAD_MANUFACTURER,
             manufacturer_model_name="BlindRead node",
             software_versions=__version__,
@@ -341,6 +357,7 @@ def build_result_sr(
             is_complete=True,
             is_final=settings.final,
             contributing_equipment=[equipment],
+            previous_versions=list(revision.predecessors) or None,
         )
     except (AttributeError, ValueError, TypeError) as exc:
         # highdicom's message may quote attribute values (names, IDs): keep it out of our
@@ -349,5 +366,12 @@ def build_result_sr(
             f"source_datasets: highdicom refused the patient/study attributes of the "
             f"originals ({type(exc).__name__})"
         ) from exc
-    log.debug("built result SR with %d measurement group(s)", len(groups))
+    if revision.amended:
+        sr.CompletionFlagDescription = (
+            f"Revision {revision.number}: covers {len(sources)} image(s), "
+            "supersedes the earlier revision(s)"
+        )[:64]
+    log.debug(
+        "built result SR revision %d with %d measurement group(s)", revision.number, len(groups)
+    )
     return sr

@@ -68,6 +68,8 @@ class ResultReport:
     device_model_name: str | None
     findings: tuple[ResultFinding, ...]
     contributing_equipment: tuple[tuple[str, str], ...]  # (manufacturer, software versions)
+    revision: int = 1  # Instance Number: 1, then 2, 3, ... for results amended for late images
+    predecessor_uids: tuple[str, ...] = ()  # SOP Instance UIDs of the revisions it supersedes
 
     @property
     def study_findings(self) -> tuple[ResultFinding, ...]:
@@ -232,4 +234,18 @@ def read_result_sr(ds: Dataset) -> ResultReport:
         device_model_name=device.get(("DCM", "121015")),
         findings=findings,
         contributing_equipment=equipment,
+        revision=_int(ds.get("InstanceNumber"), 1),
+        predecessor_uids=tuple(
+            str(ref.ReferencedSOPInstanceUID)
+            for study in ds.get("PredecessorDocumentsSequence", [])
+            for series in study.get("ReferencedSeriesSequence", [])
+            for ref in series.get("ReferencedSOPSequence", [])
+        ),
     )
+
+
+def _int(value: object, default: int) -> int:
+    try:
+        return default if value is None or value == "" else int(str(value))
+    except (TypeError, ValueError):
+        return default

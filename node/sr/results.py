@@ -23,24 +23,35 @@ def build_result_objects(
     uid_key: bytes,
     settings: SrSection | None = None,
     algorithm_parameters: AlgorithmParameters | None = None,
+    earlier_results: Sequence[Dataset] = (),
 ) -> list[Dataset]:
     """The result SR, followed by the Secondary Capture summary if ``settings`` asks for it.
 
     Both are built before either is returned, so a failure leaves nothing half-made to send.
+    ``earlier_results`` are the objects written back for this study before (headers suffice):
+    with them an amended result supersedes the earlier one (:mod:`node.sr.revisions`), and the
+    summary image takes the SR's revision number.
     """
     settings = settings or SrSection()
-    objects: list[Dataset] = [
-        build_result_sr(
-            manifest,
-            outputs,
-            source_datasets,
-            uid_key=uid_key,
-            settings=settings,
-            algorithm_parameters=algorithm_parameters,
-        )
-    ]
+    sr = build_result_sr(
+        manifest,
+        outputs,
+        source_datasets,
+        uid_key=uid_key,
+        settings=settings,
+        algorithm_parameters=algorithm_parameters,
+        earlier_results=earlier_results,
+    )
+    objects: list[Dataset] = [sr]
     if settings.secondary_capture:
         objects.append(
-            build_summary_sc(manifest, outputs, source_datasets, uid_key=uid_key, settings=settings)
+            build_summary_sc(
+                manifest,
+                outputs,
+                source_datasets,
+                uid_key=uid_key,
+                settings=settings,
+                revision=int(sr.InstanceNumber),
+            )
         )
     return objects

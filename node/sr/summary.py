@@ -47,6 +47,7 @@ def summary_lines(
     outputs: ResultOutputs,
     source_datasets: Sequence[Dataset],
     settings: SrSection | None = None,
+    revision: int = 1,
 ) -> list[str]:
     """The text lines of the summary image (checked against the manifest like the SR)."""
     settings = settings or SrSection()
@@ -59,8 +60,12 @@ def summary_lines(
         f"Model: {manifest.manufacturer} {manifest.model_name}"
         f" ({manifest.name} {manifest.version})",
         "Computed under two-party CKKS homomorphic encryption.",
-        "",
     ]
+    if revision > 1:
+        lines.append(
+            f"Revision {revision}: covers {len(sources)} image(s); replaces earlier summaries."
+        )
+    lines.append("")
     study_labels = [o for o in manifest.outputs if o.level == "study"]
     if study_labels:
         lines.append("Study:")
@@ -100,18 +105,27 @@ def build_summary_sc(
     *,
     uid_key: bytes,
     settings: SrSection | None = None,
+    revision: int = 1,
 ) -> hd.sc.SCImage:
     """The Secondary Capture summary of the same results as :func:`build_result_sr`.
 
     It joins the original study in its own series (``settings.sc_series_number``) with keyed
-    deterministic UIDs, so a resend replaces it too.
+    deterministic UIDs, so a resend replaces it too. Like the SR, a summary of more images (an
+    amended result) gets a new SOP Instance UID in the same series, and ``revision`` (the SR's
+    Instance Number) as its Instance Number: the current summary is the one with the highest.
     """
     if len(uid_key) < MIN_UID_KEY_BYTES:
         raise SrError(f"uid_key: must be at least {MIN_UID_KEY_BYTES} bytes")
     settings = settings or SrSection()
-    lines = summary_lines(manifest, outputs, source_datasets, settings)
+    lines = summary_lines(manifest, outputs, source_datasets, settings, revision)
     sources = order_sources(source_datasets)
-    uids = ResultUids(uid_key, str(sources[0].StudyInstanceUID), manifest.name, manifest.version)
+    uids = ResultUids(
+        uid_key,
+        str(sources[0].StudyInstanceUID),
+        manifest.name,
+        manifest.version,
+        (str(d.SOPInstanceUID) for d in sources),
+    )
     pixels = render_summary_lines(lines)
     try:
         sc = hd.sc.SCImage.from_ref_dataset(
@@ -126,7 +140,7 @@ def build_summary_sc(
             series_instance_uid=uids.sc_series,
             series_number=settings.sc_series_number,
             sop_instance_uid=uids.sc_instance,
-            instance_number=1,
+            instance_number=revision,
             manufacturer=BLINDREAD_MANUFACTURER,
             series_description=settings.sc_series_description,
             contributing_equipment=[blindread_equipment(manifest)],

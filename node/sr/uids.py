@@ -1,10 +1,19 @@
 """Deterministic UIDs for the result objects.
 
 A result SR must replace, never duplicate, an earlier one for the same study and model version
-(a job resumed after a crash, or a resend). Its SOP Instance and Series Instance UIDs are
-therefore derived from the source Study Instance UID and the model name + version, with
-``HMAC-SHA256(uid_key, ...)`` rather than a plain hash: a plain hash of a study UID can be
-linked back to that study by anyone who hashes candidate UIDs, the keyed one cannot.
+(a job resumed after a crash, or a resend), and an *amended* result (late images made the study
+larger) must be a new document: a PACS keeps the first instance it stored under a SOP Instance
+UID (Orthanc's default ``OverwriteInstances: false``; PS3.4 has no "replace"), so re-sending
+changed content under the old UID silently leaves the old result in place.
+
+So the Series Instance UID is derived from the source Study Instance UID and the model name +
+version (one series per result lineage: every revision lands in it), and the SOP Instance UID
+additionally from the *coverage*, the set of source SOP Instance UIDs the result describes:
+the same inputs give the same UID (a resend is ignored or replaced by the PACS), more images
+give a new one. Derivation is ``HMAC-SHA256(uid_key, ...)`` rather than a plain hash: a plain
+hash of a study UID can be linked back to that study by anyone who hashes candidate UIDs, the
+keyed one cannot. Tracking UIDs depend on the lineage only, so a finding keeps its tracking UID
+across revisions (that is what TID 1501 tracking is for).
 
 The 128 HMAC bits are shaped as an RFC 9562 version-8 (custom) UUID and written under the
 ``2.25`` root (PS3.5 B.2), so no organisation root is needed.
@@ -18,8 +27,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import uuid
+from collections.abc import Iterable
 
-__all__ = ["MIN_UID_KEY_BYTES", "ResultUids", "derive_uid", "device_uid"]
+__all__ = ["MIN_UID_KEY_BYTES", "ResultUids", "coverage_digest", "derive_uid", "device_uid"]
 
 MIN_UID_KEY_BYTES = 16
 
@@ -45,18 +55,31 @@ def device_uid(manufacturer: str, model_name: str, name: str, version: str) -> s
     return _uuid8_uid(hashlib.sha256(msg.encode("utf-8")).digest())
 
 
-class ResultUids:
-    """Every UID of the result objects of one (study, model name, model version)."""
+def coverage_digest(source_sop_uids: Iterable[str]) -> str:
+    """One string for a set of source SOP Instance UIDs: order and repeats do not matter."""
+    joined = "\x00".join(sorted({str(u) for u in source_sop_uids}))
+    return hashlib.sha256(joined.encode("utf-8")).hexdigest()
 
-    def __init__(self, key: bytes, study_uid: str, model: str, version: str) -> None:
+
+class ResultUids:
+    """Every UID of the result objects of one (study, model name, model version), for the
+    result covering ``sources`` (the analysed images' SOP Instance UIDs).
+
+    Series UIDs (and tracking UIDs) name the lineage and do not depend on ``sources``; instance
+    UIDs do, so a result amended for late images gets new ones while a resend keeps them.
+    """
+
+    def __init__(
+        self, key: bytes, study_uid: str, model: str, version: str, sources: Iterable[str] = ()
+    ) -> None:
         self._key = key
         self._base = (study_uid, model, version)
+        self.coverage = coverage_digest(sources)
         self.sr_series = derive_uid(key, "sr-series", *self._base)
-        self.sr_instance = derive_uid(key, "sr-instance", *self._base)
+        self.sr_instance = derive_uid(key, "sr-instance-v2", *self._base, self.coverage)
         self.sc_series = derive_uid(key, "sc-series", *self._base)
-        self.sc_instance = derive_uid(key, "sc-instance", *self._base)
+        self.sc_instance = derive_uid(key, "sc-instance-v2", *self._base, self.coverage)
 
     def tracking(self, label: str, sop_instance_uid: str | None = None) -> str:
         """Tracking UID of one measurement group (a study-level label, or a label on one image)."""
         return derive_uid(self._key, "tracking", *self._base, label, sop_instance_uid or "")
-

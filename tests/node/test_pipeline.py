@@ -229,11 +229,16 @@ def test_late_images_make_a_second_job_whose_sr_covers_the_whole_study(
         assert job2 is not None and job2.study == job1.study and len(job2.files) == 1
         done2 = runner.run_once()
         assert done2 is not None and done2.id == job2.id and done2.state == "done"
-        second = pacs.find_sr(str(study[0].StudyInstanceUID))
-    assert second is not None and second.SOPInstanceUID == first.SOPInstanceUID
+        srs = [pydicom.dcmread(p) for p in sorted((tmp_path / "pacs").glob("*.dcm"))]
+        srs = [d for d in srs if d.Modality == "SR"]
+    # an amended result: a new SR (a PACS keeps the first copy of a UID), superseding the first
+    [second] = [d for d in srs if d.SOPInstanceUID != first.SOPInstanceUID]
+    assert len(srs) == 2
     report = read_result_sr(second)
     refs = set(report.findings[0].source_sop_instance_uids)
     assert refs == {str(ds.SOPInstanceUID) for ds in [*study, *late]}
+    assert report.predecessor_uids == (str(first.SOPInstanceUID),) and report.revision == 2
+    assert second.SeriesInstanceUID == first.SeriesInstanceUID
 
 
 def test_step_store_reads_back_the_typed_result_and_names_a_damaged_record(

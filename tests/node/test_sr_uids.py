@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydicom.uid import UID
+from pydicom.dataset import Dataset
+from pydicom.uid import UID, Comprehensive3DSRStorage
 
 from node.sr import SrError, derive_uid, device_uid, load_outputs
-from node.sr.uids import ResultUids
+from node.sr.revisions import Revision, revision_of
+from node.sr.uids import ResultUids, coverage_digest
 
 KEY = b"0123456789abcdef0123456789abcdef"
 text = st.text(min_size=0, max_size=80)
@@ -63,3 +65,71 @@ def test_outputs_json_errors_never_echo_image_uids(tmp_path: Path) -> None:
     p.write_text(json.dumps({"study": {"a": 0.5}, "images": {uid: {"b": 0.25}}}))
     out = load_outputs(p)
     assert out.study == {"a": 0.5} and out.images == {uid: {"b": 0.25}}
+
+
+# ---------------------------------------------------------------- amended results (issue #16)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.from_regex(r"1\.2\.[1-9][0-9]{0,8}", fullmatch=True), min_size=1, max_size=8))
+def test_instance_uids_follow_the_covered_images_series_uids_do_not(sources: list[str]) -> None:
+    base = ResultUids(KEY, "1.2.3", "m", "1.0", sources)
+    # same set in another order, with repeats: a resend, same UIDs
+    again = ResultUids(KEY, "1.2.3", "m", "1.0", [*reversed(sources), sources[0]])
+    assert (again.sr_instance, again.sc_instance) == (base.sr_instance, base.sc_instance)
+    # one more image: an amended result, new instance UIDs in the same series
+    more = ResultUids(KEY, "1.2.3", "m", "1.0", [*sources, "9.9.9"])
+    assert more.sr_instance != base.sr_instance and more.sc_instance != base.sc_instance
+    assert (more.sr_series, more.sc_series) == (base.sr_series, base.sc_series)
+    assert more.tracking("label", "1.2.3") == base.tracking("label", "1.2.3")
+    # the coverage is keyed like everything else
+    other_key = ResultUids(KEY[::-1], "1.2.3", "m", "1.0", sources)
+    assert other_key.sr_instance != base.sr_instance
+    assert coverage_digest(sources) == coverage_digest(sorted(set(sources)))
+
+
+def _sr(series: str, instance: str, number: int, preds: tuple[Dataset, ...] = ()) -> Dataset:
+    ds = Dataset()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.3", series
+    ds.SOPClassUID, ds.SOPInstanceUID = Comprehensive3DSRStorage, instance
+    ds.InstanceNumber = number
+    if preds:
+        item = Dataset()
+        item.StudyInstanceUID = "1.2.3"
+        ser = Dataset()
+        ser.SeriesInstanceUID = series
+        refs = []
+        for p in preds:
+            ref = Dataset()
+            ref.ReferencedSOPClassUID = p.SOPClassUID
+            ref.ReferencedSOPInstanceUID = p.SOPInstanceUID
+            refs.append(ref)
+        ser.ReferencedSOPSequence = refs
+        item.ReferencedSeriesSequence = [ser]
+        ds.PredecessorDocumentsSequence = [item]
+    return ds
+
+
+def test_revision_chain_names_every_earlier_version_and_a_resend_is_the_same_document() -> None:
+    assert revision_of("9.1", "9.1.1", []) == Revision(1, ())
+    r1 = _sr("9.1", "9.1.1", 1)
+    other_series = _sr("9.2", "9.2.1", 7)  # another model version's SR: not of this lineage
+    sc = _sr("9.1", "9.1.5", 4)
+    sc.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"  # a summary image is no predecessor
+    rev2 = revision_of("9.1", "9.1.2", [r1, other_series, sc])
+    assert rev2.number == 2 and rev2.amended
+    assert [
+        (p.StudyInstanceUID, p.SeriesInstanceUID, p.SOPClassUID, p.SOPInstanceUID)
+        for p in rev2.predecessors
+    ] == [("1.2.3", "9.1", Comprehensive3DSRStorage, "9.1.1")]
+    r2 = _sr("9.1", "9.1.2", 2, (r1,))
+    # a third revision supersedes both earlier ones (whether or not r1's file is still there)
+    for earlier in ([r1, r2], [r2]):
+        rev3 = revision_of("9.1", "9.1.3", earlier)
+        assert rev3.number == 3
+        assert [p.SOPInstanceUID for p in rev3.predecessors] == ["9.1.1", "9.1.2"]
+    # rebuilding revision 2 (crash-resend) gives the same document: its number, its predecessors
+    again = revision_of("9.1", "9.1.2", [r1, r2])
+    assert again.number == 2 and [p.SOPInstanceUID for p in again.predecessors] == ["9.1.1"]
+    # the same coverage as the first result (the late file was a resend of a known image)
+    assert revision_of("9.1", "9.1.1", [r1]) == Revision(1, ())

@@ -52,15 +52,26 @@ def peer_env() -> dict[str, str]:
 
 
 class Orthanc(_Orthanc):
-    """:class:`node.demo.localpacs.Orthanc`, skipped (failed under CI=true) when not installed."""
+    """:class:`node.demo.localpacs.Orthanc`, skipped (failed under CI=true) when not installed.
+
+    ``overwrite_instances=False`` gives Orthanc's own default (a resent SOP Instance UID is
+    ignored, the first copy kept), as a hospital PACS would behave.
+    """
 
     def __init__(
         self,
         workdir: Path,
         aet: str = "ORTHANC",
         modalities: dict[str, tuple[str, str, int]] | None = None,
+        overwrite_instances: bool = True,
     ) -> None:
-        super().__init__(workdir, aet, modalities, binary=require_tool("Orthanc"))
+        super().__init__(
+            workdir,
+            aet,
+            modalities,
+            binary=require_tool("Orthanc"),
+            overwrite_instances=overwrite_instances,
+        )
 
 
 class StoreSCP:
