@@ -113,9 +113,10 @@ def build_summary_sc(
     sources = order_sources(source_datasets)
     uids = ResultUids(uid_key, str(sources[0].StudyInstanceUID), manifest.name, manifest.version)
     pixels = render_summary_lines(lines)
+    ref = complete_type2_patient_study(sources[0])  # values cut to their VR's length
     try:
         sc = hd.sc.SCImage.from_ref_dataset(
-            ref_dataset=complete_type2_patient_study(sources[0]),
+            ref_dataset=ref,
             pixel_array=pixels,
             photometric_interpretation="MONOCHROME2",
             bits_allocated=8,
@@ -140,7 +141,7 @@ def build_summary_sc(
     sc.PatientOrientation = []  # empty: Type 2, unknown
     # General Series Laterality is required for paired body parts; the summary covers the
     # same body part as its sources, so say which (an unpaired one needs no laterality)
-    body_part = sources[0].get("BodyPartExamined")
+    body_part = ref.get("BodyPartExamined")
     if body_part:
         sc.BodyPartExamined = body_part
     else:
