@@ -7,6 +7,11 @@ is one line naming its path and what is expected, e.g. ``listen.port: must be <=
 70000`` or ``routes[2].action: unknown key``. Each caller passes its own error type
 (``error(source, problems)``), so the vendor raises an :class:`~secure_infer.InferenceError` and
 the node its own ``ConfigError`` with the same lines.
+
+The YAML itself is read strictly (:func:`safe_load_strict`): a key given twice in one mapping is
+an error (PyYAML would keep the last one silently, so a second ``scp:`` replaced the first and
+its calling-AE allow-list), nesting deeper than :data:`MAX_DEPTH` levels is an error (instead of
+a ``RecursionError`` traceback), and a file larger than :data:`MAX_BYTES` is refused unread.
 """
 
 from __future__ import annotations
@@ -20,14 +25,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import ErrorDetails
 
 __all__ = [
+    "MAX_BYTES",
+    "MAX_DEPTH",
     "FrozenModel",
     "Port",
     "ProblemsError",
+    "YAMLStrictError",
     "format_loc",
     "format_validation_error",
     "load_yaml_model",
     "parse_yaml_model",
     "read_yaml",
+    "safe_load_strict",
 ]
 
 M = TypeVar("M", bound=BaseModel)
@@ -102,18 +111,106 @@ def _is_union_tag(part: int | str) -> bool:
     return isinstance(part, str) and (part.startswith("function-") or "[" in part)
 
 
-def read_yaml(path: Path, error: ProblemsError) -> Any:
-    """The parsed YAML of ``path``; a missing, unreadable or malformed file raises ``error``."""
+MAX_BYTES = 1 << 20
+"""A config file larger than this (1 MiB) is refused before it is parsed."""
+
+MAX_DEPTH = 64
+"""Mappings and sequences nested deeper than this are refused (a config needs a handful)."""
+
+
+class YAMLStrictError(yaml.YAMLError):
+    """Valid YAML that the strict loader refuses: a duplicate key, or nesting too deep.
+
+    ``str()`` is one line, ``line L, column C: what``, with 1-based positions.
+    """
+
+    def __init__(self, mark: yaml.Mark, problem: str) -> None:
+        self.mark = mark
+        self.problem = problem
+        super().__init__(f"line {mark.line + 1}, column {mark.column + 1}: {problem}")
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses duplicate mapping keys and too-deep nesting."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        # the composer recurses once per nesting level; count it here, before Python's own
+        # recursion limit turns a hostile file into a RecursionError traceback
+        if self.check_event(yaml.CollectionStartEvent):
+            if self._depth >= MAX_DEPTH:
+                event = self.peek_event()
+                raise YAMLStrictError(event.start_mark, f"nested more than {MAX_DEPTH} levels deep")
+            self._depth += 1
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self._depth -= 1
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        # checked before flatten_mapping: keys merged in by `<<: *anchor` may be overridden
+        # (that is what a merge is for); two keys written in the same mapping may not
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # unhashable key: the base constructor reports it
+                continue
+            if first is not None:
+                raise YAMLStrictError(
+                    key_node.start_mark,
+                    f"duplicate key {_show_key(key)} (first at line {first.start_mark.line + 1})",
+                )
+            seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
+def _show_key(key: Any) -> str:
+    shown = repr(key)
+    return shown if len(shown) <= 40 else shown[:37] + "..."
+
+
+def safe_load_strict(text: str) -> Any:
+    """``yaml.safe_load`` that also refuses duplicate keys and nesting deeper than MAX_DEPTH.
+
+    Raises :class:`YAMLStrictError` for those, ``yaml.YAMLError`` for malformed YAML.
+    """
+    loader = _StrictLoader(text)
     try:
-        text = path.read_text(encoding="utf-8")
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def read_yaml(path: Path, error: ProblemsError) -> Any:
+    """The parsed YAML of ``path``; a missing, unreadable, too large, malformed or ambiguous
+    (duplicate keys, nesting deeper than :data:`MAX_DEPTH`) file raises ``error``."""
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_BYTES + 1)
     except FileNotFoundError:
         raise error(str(path), ["file not found"]) from None
     except OSError as exc:
         raise error(str(path), [f"cannot read file: {exc.strerror}"]) from None
+    if len(raw) > MAX_BYTES:
+        raise error(str(path), [f"file is larger than {MAX_BYTES // (1 << 20)} MiB; refused"])
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise error(str(path), ["not UTF-8 text"]) from None
     try:
-        return yaml.safe_load(text)
+        return safe_load_strict(text)
+    except YAMLStrictError as exc:
+        raise error(str(path), [str(exc)]) from None
+    except RecursionError:  # belt and braces: MAX_DEPTH should always come first
+        raise error(str(path), [f"nested more than {MAX_DEPTH} levels deep"]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"

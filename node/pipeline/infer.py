@@ -79,19 +79,25 @@ def infer_encrypted(
         except PreprocessError as exc:
             # the job record keeps JobError messages; these name shapes, dtypes and values only
             raise JobError(f"cannot preprocess an image: {exc}") from None
+    # the intent is audited BEFORE anything is sent: a crash after the vendor served (or a
+    # failure whose outcome we cannot know) still leaves one inference_requested per attempt,
+    # so the ledger never shows fewer requests than the vendor's chain. Ciphertexts are made
+    # inside the backend, so their hashes are not known yet: result_received carries them.
+    ctx.record(
+        AuditKind.INFERENCE_REQUESTED, study=job.study, model=model,
+        model_version=manifest.version, context_hash=None, ciphertext_hashes=[],
+        images=len(batch),
+    )  # fmt: skip
     outcome = backend.infer(model, batch)
     for step in ("encrypt", "vendor", "decrypt"):
         if step in outcome.timings:
             ctx.metrics.observe_step(step, outcome.timings[step])
     ctx.metrics.vendor_traffic(sent=outcome.bytes_up, received=outcome.bytes_down)
     ctx.record(
-        AuditKind.INFERENCE_REQUESTED, study=job.study, model=model,
-        model_version=outcome.model_version, context_hash=outcome.context_sha256,
-        ciphertext_hashes=outcome.request_sha256, images=len(batch),
-    )  # fmt: skip
-    ctx.record(
         AuditKind.RESULT_RECEIVED, study=job.study, model=model,
-        model_version=outcome.model_version, response_hashes=outcome.response_sha256,
+        model_version=outcome.model_version, context_hash=outcome.context_sha256,
+        ciphertext_hashes=outcome.request_sha256, response_hashes=outcome.response_sha256,
+        images=len(batch),
     )  # fmt: skip
     return Inferred(
         probabilities=tuple(tuple(float(p) for p in row) for row in outcome.probabilities),

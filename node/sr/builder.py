@@ -53,6 +53,7 @@ from node import __version__
 from node.config.sr import SrSection
 from node.sr import concepts as c
 from node.sr.errors import SrError
+from node.sr.limits import within_vr_limits
 from node.sr.outputs import ResultOutputs, check_outputs
 from node.sr.revisions import revision_of
 from node.sr.uids import MIN_UID_KEY_BYTES, ResultUids, device_uid
@@ -147,17 +148,16 @@ _TYPE2_PATIENT_STUDY = (
 
 
 def complete_type2_patient_study(ds: Dataset) -> Dataset:
-    """A shallow copy of ``ds`` with absent Type 2 patient/study attributes present and empty."""
-    missing = [kw for kw in _TYPE2_PATIENT_STUDY if kw not in ds]
-    if not missing:
-        return ds
-    out = Dataset()  # copy.copy would share the element dict and modify the original
-    for elem in ds:
-        out.add(elem)
-    if hasattr(ds, "file_meta"):
-        out.file_meta = ds.file_meta
-    for kw in missing:
-        setattr(out, kw, "")
+    """A shallow copy of ``ds`` that a result object may copy patient/study attributes from.
+
+    Values longer than their VR allows are truncated, or refused with :class:`SrError` for
+    identifiers (:func:`node.sr.limits.within_vr_limits`); absent Type 2 patient/study
+    attributes are present and empty. ``ds`` itself is not modified.
+    """
+    out = within_vr_limits(ds)
+    for kw in _TYPE2_PATIENT_STUDY:
+        if kw not in out:
+            setattr(out, kw, "")
     return out
 
 

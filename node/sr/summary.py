@@ -127,9 +127,10 @@ def build_summary_sc(
         (str(d.SOPInstanceUID) for d in sources),
     )
     pixels = render_summary_lines(lines)
+    ref = complete_type2_patient_study(sources[0])  # values cut to their VR's length
     try:
         sc = hd.sc.SCImage.from_ref_dataset(
-            ref_dataset=complete_type2_patient_study(sources[0]),
+            ref_dataset=ref,
             pixel_array=pixels,
             photometric_interpretation="MONOCHROME2",
             bits_allocated=8,
@@ -154,7 +155,7 @@ def build_summary_sc(
     sc.PatientOrientation = []  # empty: Type 2, unknown
     # General Series Laterality is required for paired body parts; the summary covers the
     # same body part as its sources, so say which (an unpaired one needs no laterality)
-    body_part = sources[0].get("BodyPartExamined")
+    body_part = ref.get("BodyPartExamined")
     if body_part:
         sc.BodyPartExamined = body_part
     else:

@@ -156,9 +156,15 @@ def test_orthanc_push_to_sr_in_same_study(
         json.loads(line)
         for line in (tmp_path / "vendor" / "state" / "chain.jsonl").read_text().splitlines()
     ]
-    ours = [json.loads(line) for line in kinds if '"kind":"inference_requested"' in line]
+    # (inference_requested is the intent, written before sending; the hashes of what was sent
+    # are known after encryption and are in result_received, issue #16 defect 11)
+    requested = [json.loads(line) for line in kinds if '"kind":"inference_requested"' in line]
+    ours = [json.loads(line) for line in kinds if '"kind":"result_received"' in line]
     audited = {h for entry in ours for h in entry["details"]["ciphertext_hashes"]}
     assert audited and audited <= {e["request_sha256"] for e in vendor_chain}
+    # and no request is missing from our side: one audited intent per answered inference
+    assert len(requested) == len(ours)
+    assert sum(len(e["details"]["ciphertext_hashes"]) for e in ours) == len(vendor_chain)
 
     # no PHI in logs (ours and the vendor's) nor in anything sent to the vendor
     logs = "\n".join(r.getMessage() for r in caplog.records).encode()

@@ -7,6 +7,7 @@ the network path is covered by tests/test_e2e.py.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import pydicom
 import pytest
 
+from node.audit import AuditLedger
 from node.config import NodeConfig, parse_model
 from node.deid import DeidKeys
 from node.demo.phantom_study import phantom_cr_study
@@ -28,7 +30,7 @@ from node.runner import JobRunner
 from node.sr import read_result_sr
 from node.vault import IdentifierVault
 from scp import Spool, StorageSender
-from tests.support.local_backend import LocalBackend
+from tests.support.local_backend import CrashAfterServing, LocalBackend
 
 KEY = b"k" * 32
 
@@ -83,7 +85,7 @@ def backend_factory(tmp_path_factory: pytest.TempPathFactory) -> Any:
     return make
 
 
-def _setup(tmp: Path, cfg: NodeConfig, backend: LocalBackend, lesions: list[bool]) -> Any:
+def _setup(tmp: Path, cfg: NodeConfig, backend: Any, lesions: list[bool], audit: Any = None) -> Any:
     spool = Spool(tmp / "spool", Pseudonymizer(KEY).study, fsync=False)
     store = JobStore(tmp / "jobs.sqlite")
     intake = Intake(spool, store, tmp / "jobs", tmp / "quarantine")
@@ -113,6 +115,7 @@ def _setup(tmp: Path, cfg: NodeConfig, backend: LocalBackend, lesions: list[bool
         backends=lambda name: backend,
         uid_key=KEY,
         jobs=store,
+        audit=audit,
         metrics=NodeMetrics(),
     )
     return study, store, intake, job, pipeline, sends
@@ -258,3 +261,30 @@ def test_step_store_reads_back_the_typed_result_and_names_a_damaged_record(
     (tmp_path / "steps" / "r0-sr.json").write_text('{"filez": []}')
     with pytest.raises(JobError, match=r"r0-sr\.json"):
         steps.get(SrBuilt, "r0")
+
+
+def test_crash_after_vendor_served_leaves_one_audited_request_per_served_request(
+    tmp_path: Path, backend_factory: Any
+) -> None:
+    # issue #16 defect 11: the intent is audited before the request goes out, so a crash
+    # between the vendor's answer and our record no longer hides a served request
+    backend = CrashAfterServing(backend_factory(), crashes=1)
+    ledger = AuditLedger.open(tmp_path / "audit.jsonl", tmp_path / "audit.key", fsync=False)
+    with EmbeddedPacs(tmp_path / "pacs") as pacs:
+        cfg = _cfg(tmp_path, pacs.dicom_port)
+        study, _, _, job, pipeline, _ = _setup(tmp_path, cfg, backend, [False], audit=ledger)
+        with pytest.raises(ConnectionResetError):
+            pipeline(job)
+        pipeline(job)  # resumed: inference is sent again
+        assert pacs.find_sr(str(study[0].StudyInstanceUID)) is not None
+    entries = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    requested = [e for e in entries if e["kind"] == "inference_requested"]
+    received = [e for e in entries if e["kind"] == "result_received"]
+    assert len(backend.served) == 2
+    assert len(requested) == len(backend.served)  # one per request the vendor served
+    assert all(e["details"]["images"] == 1 for e in requested)
+    # the answer that was recorded names the request the vendor served last, by its hashes
+    assert len(received) == 1
+    assert received[0]["details"]["ciphertext_hashes"] == backend.served[1].request_sha256
+    assert received[0]["details"]["context_hash"] == backend.served[1].context_sha256
+    assert [e["seq"] for e in entries] == list(range(1, len(entries) + 1))

@@ -203,7 +203,8 @@ def test_action_and_rule_errors() -> None:
 
 def test_yaml_unquoted_times_work(tmp_path: Path) -> None:
     # YAML 1.1 reads unquoted 22:00 as the base-60 integer 1320 (= minutes since midnight)
-    text = yaml.safe_dump({**BASE, "routes": []}) + (
+    # (BASE without its routes: a second top-level `routes:` is a duplicate key, refused)
+    text = yaml.safe_dump({k: v for k, v in BASE.items() if k != "routes"}) + (
         "routes:\n  - name: night\n    match: {time_of_day: {from: 22:00, to: 6:30}}\n"
         "    action: discard\n"
     )

@@ -63,3 +63,25 @@ def record_vendor_traffic(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
 
     monkeypatch.setattr(client_module.VendorClient, "_send", recording_send)
     return sent
+
+
+class CrashAfterServing:
+    """Wraps a backend: the first ``crashes`` calls are served by the vendor (the request is
+    evaluated and its hashes kept in ``served``), then raise as if the node died before it
+    could record the answer. Later calls are served normally and kept in ``served`` too."""
+
+    def __init__(self, inner: LocalBackend, crashes: int = 1) -> None:
+        self.inner = inner
+        self.crashes = crashes
+        self.served: list[InferenceOutcome] = []
+
+    def manifest(self, model: str) -> Manifest:
+        return self.inner.manifest(model)
+
+    def infer(self, model: str, batch: np.ndarray) -> InferenceOutcome:
+        outcome = self.inner.infer(model, batch)
+        self.served.append(outcome)
+        if self.crashes > 0:
+            self.crashes -= 1
+            raise ConnectionResetError("node crashed after the vendor served (simulated)")
+        return outcome
