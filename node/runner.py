@@ -4,11 +4,19 @@ The action is any ``Callable[[Job], None]``: today a result object sent to a des
 the real pipeline (rules -> de-identification -> inference -> SR). It must be idempotent: after
 a crash a ``running`` job is run again. Raising means "try again later"; after
 ``max_attempts`` the job is ``failed`` and its files are quarantined.
+
+Retry layers (they multiply, so here is the total): the runner is the only layer that retries
+a PACS (:class:`scp.StorageSender` makes one attempt per job attempt), so a destination may be
+down for ``SenderSettings.budget()`` (default 6.2-12.5 min, see ``blindread config check``)
+before a job is quarantined. The vendor client retries inside each job attempt
+(``vendors.<name>.max_attempts``, 1 s doubling to 60 s: ~15 s by default), so a vendor outage
+is ridden out for up to ``sender.max_attempts`` x that (and the waits between job attempts).
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -36,11 +44,13 @@ class JobRunner:
         poll_seconds: float = 0.2,
         housekeeping: Callable[[], object] | None = None,
         housekeeping_seconds: float = 3600.0,
+        rng: random.Random | None = None,
     ) -> None:
         self.store = store
         self.intake = intake
         self.action = action
         self.retry = retry
+        self.rng = rng  # jitter of the backoff; None = scp's module-wide RNG
         self.poll_seconds = poll_seconds
         self.housekeeping = housekeeping
         self.housekeeping_seconds = housekeeping_seconds
@@ -66,7 +76,7 @@ class JobRunner:
                 job.id,
                 err,
                 self.retry.max_attempts,
-                self.retry.backoff,
+                lambda n: self.retry.jittered_backoff(n, self.rng),
                 self.intake.quarantine_dir / job.token,
             )
             if new.state == "failed":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from node.config import ConfigError, load_config
+from node.netsettings import sender_settings
 
 __all__ = ["register"]
 
@@ -20,11 +21,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _check(args: argparse.Namespace) -> int:
     try:
-        load_config(args.file)
+        cfg = load_config(args.file)
     except ConfigError as exc:
         print(f"{exc.source}: INVALID ({len(exc.problems)} problem(s))")
         for line in exc.problems:
             print(f"  {line}")
         return 2
     print(f"{args.file}: OK")
+    print(f"  retry budget per job: {sender_settings(cfg).budget().describe()}")
     return 0
