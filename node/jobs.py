@@ -12,7 +12,9 @@ become two jobs. ``last_error`` holds PHI-free text only (see :func:`describe_er
 from __future__ import annotations
 
 import builtins
+import errno as errno_module
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -56,6 +58,12 @@ def describe_error(exc: BaseException) -> str:
 
     if isinstance(exc, (JobError, ScpError)):
         return f"{type(exc).__name__}: {exc}"[:500]
+    if isinstance(exc, OSError) and exc.errno is not None:
+        # errno and the system's text only: ``filename`` (a path with pseudonyms, or worse,
+        # a library's) and ``str(exc)`` are left out
+        code = errno_module.errorcode.get(exc.errno, str(exc.errno))
+        text = os.strerror(exc.errno)
+        return f"{type(exc).__name__}: [{code}] {text}"
     return type(exc).__name__
 
 
@@ -156,9 +164,7 @@ class JobStore:
     def forget_files(self, job_id: int) -> None:
         """Record that a finished job's files were deleted (retention)."""
         with self._tx() as db:
-            db.execute(
-                "UPDATE jobs SET files = '[]' WHERE id = ? AND state = 'done'", (job_id,)
-            )
+            db.execute("UPDATE jobs SET files = '[]' WHERE id = ? AND state = 'done'", (job_id,))
 
     def earlier_done(self, job: Job) -> builtins.list[Job]:
         """Finished jobs of the same study created before ``job`` (instances that arrived
