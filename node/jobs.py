@@ -164,7 +164,9 @@ class JobStore:
     def forget_files(self, job_id: int) -> None:
         """Record that a finished job's files were deleted (retention)."""
         with self._tx() as db:
-            db.execute("UPDATE jobs SET files = '[]' WHERE id = ? AND state = 'done'", (job_id,))
+            db.execute(
+                "UPDATE jobs SET files = '[]' WHERE id = ? AND state = 'done'", (job_id,)
+            )
 
     def earlier_done(self, job: Job) -> builtins.list[Job]:
         """Finished jobs of the same study created before ``job`` (instances that arrived

@@ -79,7 +79,12 @@ def infer_encrypted(
         except PreprocessError as exc:
             # the job record keeps JobError messages; these name shapes, dtypes and values only
             raise JobError(f"cannot preprocess an image: {exc}") from None
-    outcome = backend.infer(model, batch)
+    try:
+        outcome = backend.infer(model, batch)
+    except Exception:
+        # the job runner retries the job: the vendor step failed this attempt
+        ctx.metrics.retry("vendor")
+        raise
     for step in ("encrypt", "vendor", "decrypt"):
         if step in outcome.timings:
             ctx.metrics.observe_step(step, outcome.timings[step])
