@@ -41,6 +41,7 @@ def node_logging() -> Iterator[io.StringIO]:
     out = io.StringIO()
     with warnings.catch_warnings():
         warnings.simplefilter("always")
+        logging.captureWarnings(False)  # an earlier test's CLI run may have left it on
         configure_logging("INFO")
         handler = root.handlers[0]
         assert isinstance(handler, logging.StreamHandler)
