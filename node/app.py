@@ -203,7 +203,7 @@ def build_node(cfg: NodeConfig) -> Node:
     metrics = NodeMetrics()
     audit = open_ledger(cfg)
     vault = IdentifierVault.open(cfg.node.state_dir, keys)
-    vendors = VendorBackends(cfg)
+    vendors = VendorBackends(cfg, metrics=metrics)
     state = open_state(cfg)
     retry = sender_settings(cfg)
     pipeline = Pipeline(

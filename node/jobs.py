@@ -12,7 +12,9 @@ become two jobs. ``last_error`` holds PHI-free text only (see :func:`describe_er
 from __future__ import annotations
 
 import builtins
+import errno as errno_module
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -56,6 +58,12 @@ def describe_error(exc: BaseException) -> str:
 
     if isinstance(exc, (JobError, ScpError)):
         return f"{type(exc).__name__}: {exc}"[:500]
+    if isinstance(exc, OSError) and exc.errno is not None:
+        # errno and the system's text only: ``filename`` (a path with pseudonyms, or worse,
+        # a library's) and ``str(exc)`` are left out
+        code = errno_module.errorcode.get(exc.errno, str(exc.errno))
+        text = os.strerror(exc.errno)
+        return f"{type(exc).__name__}: [{code}] {text}"
     return type(exc).__name__
 
 

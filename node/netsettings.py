@@ -71,5 +71,9 @@ def destination_settings(cfg: NodeConfig, name: str) -> DestinationSettings:
 def sender_settings(cfg: NodeConfig) -> SenderSettings:
     s = cfg.sender
     return SenderSettings(
-        s.max_attempts, s.initial_backoff_seconds, s.max_backoff_seconds, s.timeout_seconds
+        s.max_attempts,
+        s.initial_backoff_seconds,
+        s.max_backoff_seconds,
+        s.timeout_seconds,
+        jitter=s.jitter,
     )

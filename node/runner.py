@@ -9,11 +9,19 @@ Between jobs the runner also retries claims a failure left ``claiming``
 (:meth:`node.intake.Intake.recover_claims`): every ``claim_retry[0]`` seconds while none is
 stuck, and with a backoff doubling up to ``claim_retry[1]`` seconds while some are (a full disk
 is not fixed in a second; the log gets one line per attempt, not one per poll).
+
+Retry layers (they multiply, so here is the total): the runner is the only layer that retries
+a PACS (:class:`scp.StorageSender` makes one attempt per job attempt), so a destination may be
+down for ``SenderSettings.budget()`` (default 6.2-12.5 min, see ``blindread config check``)
+before a job is quarantined. The vendor client retries inside each job attempt
+(``vendors.<name>.max_attempts``, 1 s doubling to 60 s: ~15 s by default), so a vendor outage
+is ridden out for up to ``sender.max_attempts`` x that (and the waits between job attempts).
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -42,11 +50,14 @@ class JobRunner:
         housekeeping: Callable[[], object] | None = None,
         housekeeping_seconds: float = 3600.0,
         claim_retry: tuple[float, float] = (1.0, 60.0),
+
+        rng: random.Random | None = None,
     ) -> None:
         self.store = store
         self.intake = intake
         self.action = action
         self.retry = retry
+        self.rng = rng  # jitter of the backoff; None = scp's module-wide RNG
         self.poll_seconds = poll_seconds
         self.housekeeping = housekeeping
         self.housekeeping_seconds = housekeeping_seconds
@@ -75,7 +86,7 @@ class JobRunner:
                 job.id,
                 err,
                 self.retry.max_attempts,
-                self.retry.backoff,
+                lambda n: self.retry.jittered_backoff(n, self.rng),
                 self.intake.quarantine_dir / job.token,
             )
             if new.state == "failed":

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from node.config import NodeConfig
+from node.metrics import NodeMetrics
 from node.pipeline import InferenceBackend, InferenceOutcome
 from secure_infer import Manifest, VendorClient
 
@@ -76,9 +77,12 @@ class ClientBackend:
 class VendorBackends:
     """``vendor name -> InferenceBackend`` for the pipeline, one client per vendor."""
 
-    def __init__(self, cfg: NodeConfig, key_dir: Path | None = None) -> None:
+    def __init__(
+        self, cfg: NodeConfig, key_dir: Path | None = None, metrics: NodeMetrics | None = None
+    ) -> None:
         self.cfg = cfg
         self.key_dir = key_dir or cfg.node.keys / "ckks"
+        self.metrics = metrics
         self._backends: dict[str, ClientBackend] = {}
         self._lock = threading.Lock()
 
@@ -86,9 +90,16 @@ class VendorBackends:
         with self._lock:
             if vendor not in self._backends:
                 section = self.cfg.vendors[vendor]
-                client = VendorClient(section.client_settings(), self.key_dir / vendor)
+                client = VendorClient(
+                    section.client_settings(), self.key_dir / vendor, on_retry=self._retried
+                )
                 self._backends[vendor] = ClientBackend(client)
             return self._backends[vendor]
+
+    def _retried(self, reason: str) -> None:
+        """The client retries a vendor request: ``blindread_retries_total{step="vendor"}``."""
+        if self.metrics is not None:
+            self.metrics.retry("vendor")
 
     def warm_up(self, pairs: Iterable[tuple[str, str]]) -> threading.Thread:
         """In the background: fetch each (vendor, model)'s manifest, create or load the CKKS

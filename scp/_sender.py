@@ -8,7 +8,9 @@ one attempt and says precisely what failed, without PHI.
 
 from __future__ import annotations
 
+import errno
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,17 +68,77 @@ def _associate(
     for sop, syntaxes in contexts:
         ae.add_requested_context(sop, syntaxes)
     tls_args = (client_context(dest.tls), dest.host) if dest.tls else None
-    assoc = ae.associate(
-        dest.host,
-        dest.port,
-        ae_title=dest.ae_title,
-        tls_args=tls_args,
-        evt_handlers=[(evt.EVT_CONN_OPEN, tune_association)],
-    )
+    opened: list[bool] = []
+
+    def on_open(event: evt.Event) -> None:
+        opened.append(True)
+        tune_association(event)
+
+    with _ConnectErrors() as errors:
+        assoc = ae.associate(
+            dest.host,
+            dest.port,
+            ae_title=dest.ae_title,
+            tls_args=tls_args,
+            evt_handlers=[(evt.EVT_CONN_OPEN, on_open)],
+        )
     if not assoc.is_established:
-        what = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "failed"
-        raise SendError(f"association to {dest.ae_title}@{dest.host}:{dest.port} {what}")
+        name = f"{dest.ae_title}@{dest.host}:{dest.port}"
+        if assoc.is_rejected:
+            what = "rejected"
+        elif not opened:  # no TCP connection: say why (refused, timed out, unreachable)
+            what = f"failed: {errors.reason()}"
+        elif errors.timed_out:
+            what = "timed out waiting for the A-ASSOCIATE answer"
+        else:
+            what = "aborted" if assoc.is_aborted else "failed"
+        log.warning("association to %s %s", name, what)
+        raise SendError(f"association to {name} {what}")
     return assoc
+
+
+_ERRNO = re.compile(r"\[Errno (\d+)\]")
+
+
+class _ConnectErrors(logging.Handler):
+    """Collects, while associating, what pynetdicom logs about a failed TCP connect or an ACSE
+    timeout (it swallows the ``OSError``); only errno names and fixed phrases are kept."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.errnos: list[int] = []
+        self.timed_out = False
+        self.connect_failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if "TCP Initialisation Error" in text:
+            self.connect_failed = True
+            m = _ERRNO.search(text)
+            if m:
+                self.errnos.append(int(m.group(1)))
+            if "timed out" in text:
+                self.timed_out = True
+        elif "timeout" in text.lower():
+            self.timed_out = True
+
+    def reason(self) -> str:
+        for code in self.errnos:
+            if code == errno.ECONNREFUSED:
+                return "connection refused"
+            if code in (errno.ETIMEDOUT, errno.EAGAIN):
+                return "connection timed out"
+            if code in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+                return "host unreachable"
+            return f"cannot connect ({errno.errorcode.get(code, code)})"
+        return "connection timed out" if self.timed_out else "cannot connect"
+
+    def __enter__(self) -> _ConnectErrors:
+        logging.getLogger("pynetdicom").addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        logging.getLogger("pynetdicom").removeHandler(self)
 
 
 def echo(dest: DestinationSettings, timeout: float = 10.0) -> int:
@@ -147,4 +209,3 @@ class StorageSender:
                 assoc.release()
         log.info("sent %d instance(s) to %s", report.sent, name)
         return report
-

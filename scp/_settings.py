@@ -6,6 +6,7 @@ dataclasses, so this package stays usable (and testable) on its own.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
@@ -15,6 +16,7 @@ __all__ = [
     "CompletionSettings",
     "DestinationSettings",
     "LogId",
+    "RetryBudget",
     "ScpSettings",
     "SenderSettings",
     "TlsSettings",
@@ -77,15 +79,58 @@ class DestinationSettings:
 
 
 @dataclass(frozen=True)
-class SenderSettings:
-    """Retry policy of the Storage SCU."""
+class RetryBudget:
+    """How long a destination may stay down before a job is quarantined: the sum of the
+    waits between its ``attempts`` tries, at least ``min_seconds`` (every jittered wait at its
+    floor) and at most ``max_seconds`` (no jitter), not counting the tries themselves."""
 
-    max_attempts: int = 5
-    initial_backoff_seconds: float = 2.0
-    max_backoff_seconds: float = 300.0
+    attempts: int
+    min_seconds: float
+    max_seconds: float
+
+    def describe(self) -> str:
+        return (
+            f"{self.attempts} attempt(s) over {self.min_seconds / 60:.1f}"
+            f"-{self.max_seconds / 60:.1f} min of backoff"
+        )
+
+
+_RNG = random.Random()
+
+
+@dataclass(frozen=True)
+class SenderSettings:
+    """Retry policy of the Storage SCU (applied by the node's job runner: one job attempt is
+    one send).
+
+    The defaults wait 10 s, 20 s, 40 s, 80 s, then 120 s between tries, 10 tries: 6.2-12.5 min
+    of backoff with jitter, which outlasts an ordinary PACS restart (1-2 min) with room to spare.
+    """
+
+    max_attempts: int = 10
+    initial_backoff_seconds: float = 10.0
+    max_backoff_seconds: float = 120.0
     timeout_seconds: float = 30.0
+    jitter: float = 0.5
+    """Fraction of each wait drawn at random: a wait is uniform in ``[b * (1 - jitter), b]``
+    for the nominal ``b``; 1.0 is "full jitter", 0 none. Below 1 the budget has a floor."""
 
     def backoff(self, attempts: int) -> float:
-        """Delay before the next try after ``attempts`` failed tries (1, 2, ...)."""
+        """Nominal (un-jittered) delay before the next try after ``attempts`` failed tries."""
         delay = self.initial_backoff_seconds * (2 ** max(0, attempts - 1))
         return float(min(delay, self.max_backoff_seconds))
+
+    def jittered_backoff(self, attempts: int, rng: random.Random | None = None) -> float:
+        """The delay actually waited: :meth:`backoff` with ``jitter`` of it drawn from ``rng``
+        (a module-wide RNG unless one is given, e.g. a seeded one in tests), so that many
+        jobs failing at once against one PACS do not retry in lockstep."""
+        nominal = self.backoff(attempts)
+        j = min(max(self.jitter, 0.0), 1.0)
+        return nominal * (1.0 - j * (rng or _RNG).random())
+
+    def budget(self) -> RetryBudget:
+        """The total backoff between the first and the last try (see :class:`RetryBudget`)."""
+        waits = [self.backoff(n) for n in range(1, self.max_attempts)]
+        j = min(max(self.jitter, 0.0), 1.0)
+        total = float(sum(waits))
+        return RetryBudget(self.max_attempts, total * (1.0 - j), total)

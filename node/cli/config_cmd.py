@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from node.config import ConfigError, load_config
+from node.netsettings import sender_settings
 
 __all__ = ["register"]
 
@@ -33,4 +34,5 @@ def _check(args: argparse.Namespace) -> int:
             print(f"  {line}")
         return 2
     print(f"{args.file}: OK")
+    print(f"  retry budget per job: {sender_settings(cfg).budget().describe()}")
     return 0

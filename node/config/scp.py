@@ -73,9 +73,14 @@ class DestinationSection(FrozenModel):
 
 
 class SenderSection(FrozenModel):
-    """Retry policy of the Storage SCU."""
+    """Retry policy of the Storage SCU (the job runner's: one job attempt is one send).
 
-    max_attempts: int = Field(default=5, ge=1)
-    initial_backoff_seconds: float = Field(default=2.0, gt=0)
-    max_backoff_seconds: float = Field(default=300.0, gt=0)
+    Defaults (those of ``scp.SenderSettings``): 10 tries, waits 10 s doubling to 120 s with
+    50 % jitter, 6.2-12.5 min of backoff before a job is quarantined.
+    """
+
+    max_attempts: int = Field(default=10, ge=1)
+    initial_backoff_seconds: float = Field(default=10.0, gt=0)
+    max_backoff_seconds: float = Field(default=120.0, gt=0)
     timeout_seconds: float = Field(default=30.0, gt=0)
+    jitter: float = Field(default=0.5, ge=0, le=1, description="random fraction of each wait")

@@ -88,7 +88,12 @@ def infer_encrypted(
         model_version=manifest.version, context_hash=None, ciphertext_hashes=[],
         images=len(batch),
     )  # fmt: skip
-    outcome = backend.infer(model, batch)
+    try:
+        outcome = backend.infer(model, batch)
+    except Exception:
+        # the job runner retries the job: the vendor step failed this attempt
+        ctx.metrics.retry("vendor")
+        raise
     for step in ("encrypt", "vendor", "decrypt"):
         if step in outcome.timings:
             ctx.metrics.observe_step(step, outcome.timings[step])

@@ -28,7 +28,7 @@ import hashlib
 import logging
 import ssl
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -188,9 +188,18 @@ def _ssl_context(s: ClientSettings) -> ssl.SSLContext:
 class VendorClient:
     """A connection (pool) to one vendor; one instance per vendor, reused across jobs."""
 
-    def __init__(self, settings: ClientSettings, key_dir: Path) -> None:
+    def __init__(
+        self,
+        settings: ClientSettings,
+        key_dir: Path,
+        on_retry: Callable[[str], None] | None = None,
+    ) -> None:
+        """``on_retry(reason)`` is called before each retry (``reason``: ``connect``,
+        ``timeout``, ``busy`` or ``transport``), so a caller can count them in its metrics
+        without this package knowing about them."""
         self.settings = settings
         self.key_dir = key_dir
+        self.on_retry = on_retry
         self._http = httpx.Client(
             base_url=settings.url + API_PREFIX,
             verify=_ssl_context(settings),
@@ -249,11 +258,19 @@ class VendorClient:
                         f"TLS certificate verification failed for {s.url}: {exc}"
                     ) from exc
                 last = f"{type(exc).__name__}: {exc}"
+                reason = (
+                    "connect"
+                    if isinstance(exc, httpx.ConnectError)
+                    else "timeout"
+                    if isinstance(exc, httpx.TimeoutException)
+                    else "transport"
+                )
                 wait = delay
             else:
                 if resp.status_code != 503:
                     return resp, t_headers, t_done
                 last = f"503 {self._error_code(resp)}"
+                reason = "busy"
                 wait = delay
                 ra = resp.headers.get("Retry-After")
                 if ra is not None and ra.isdigit():
@@ -262,6 +279,11 @@ class VendorClient:
                 break
             wait = min(wait, s.max_backoff)
             log.info("vendor %s %s: %s; retry %d in %.1f s", method, path, last, attempt, wait)
+            if self.on_retry is not None:
+                try:
+                    self.on_retry(reason)
+                except Exception:  # a metric must never break the request
+                    log.exception("on_retry callback failed")
             time.sleep(wait)
             delay = min(delay * 2, s.max_backoff)
         raise VendorUnavailableError(

@@ -74,3 +74,19 @@ def test_cli_purge(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["jobs", "purge", "--config", str(cfg), "--older-than", "7"]) == 0
     assert "deleted the files of 0 finished job(s)" in capsys.readouterr().out
     assert main(["jobs", "purge", "--config", str(cfg), "--older-than", "0"]) == 2
+
+
+def test_describe_error_gives_errno_and_strerror_without_the_path() -> None:
+    """#16.9: a job error reads ``OSError: [ENOSPC] No space left on device``, not a bare
+    ``OSError``, and never the file name (it may hold a pseudonym or a library's path)."""
+    import errno
+
+    from node.jobs import describe_error
+
+    path = "/var/lib/blindread/jobs/s-1a2b3c/secret-name.dcm"
+    err = describe_error(OSError(errno.ENOSPC, "No space left on device", path))
+    assert err == "OSError: [ENOSPC] No space left on device"
+    refused = describe_error(ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"))
+    assert refused == "ConnectionRefusedError: [ECONNREFUSED] Connection refused"
+    assert describe_error(OSError("no errno: /some/path")) == "OSError"
+    assert describe_error(ValueError("PatientName=Doe^Jane")) == "ValueError"
