@@ -41,6 +41,7 @@ def scp_settings(cfg: NodeConfig) -> ScpSettings:
         max_pdu=s.max_pdu,
         fast_path=s.fast_path,
         acse_timeout=s.acse_timeout,
+        max_associations_per_address=s.max_associations_per_address,
         dimse_timeout=s.dimse_timeout,
         network_timeout=s.network_timeout,
         tls=tls_settings(s.tls),

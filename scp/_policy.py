@@ -16,6 +16,7 @@ __all__ = ["AssociationPolicy", "Rejection"]
 REJECTED_PERMANENT = 0x01
 SOURCE_SERVICE_USER = 0x01
 REASON_NO_REASON = 0x01
+REASON_LOCAL_LIMIT = 0x02  # PS3.8 Table 9-21, source 3 (presentation): local-limit-exceeded
 REASON_CALLING_AE = 0x03
 REASON_CALLED_AE = 0x07
 
@@ -44,7 +45,7 @@ class AssociationPolicy:
         The source address is checked first: an unknown host learns nothing about our AE titles.
         There is no PS3.8 reason for "address not allowed", so it is "no reason given".
         """
-        if not self._address_allowed(address):
+        if not self.address_allowed(address):
             return Rejection(
                 REJECTED_PERMANENT,
                 SOURCE_SERVICE_USER,
@@ -69,7 +70,8 @@ class AssociationPolicy:
             )
         return None
 
-    def _address_allowed(self, address: str) -> bool:
+    def address_allowed(self, address: str) -> bool:
+        """Whether ``address`` (an IP, IPv4-mapped IPv6 included) is in ``allowed_networks``."""
         try:
             ip = ip_address(address.split("%", 1)[0])
         except ValueError:

@@ -7,13 +7,17 @@ exception inside it is turned into a failure status by our own ``try`` (pynetdic
 C-STORE data arrives through :mod:`scp._fastpath` (our reader in pynetdicom's DUL thread) unless
 ``fast_path`` is off; both paths end in :meth:`StorageServer.store_instance`, so statuses,
 validation (:mod:`scp._walk`) and durability are the same either way.
+
+Connections are admitted by :mod:`scp._guard` at accept time (source network, per-address
+limit, deadline for the A-ASSOCIATE-RQ) before pynetdicom gives them a thread and a slot.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from pydicom.uid import (
     HTJ2K,
@@ -35,13 +39,13 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
 
 from scp import status
 from scp._fastpath import StoreRequest, install
+from scp._guard import AcceptGuard, GuardedAssociationServer
 from scp._incoming import IncomingInstance
 from scp._net import tune_association
-from scp._policy import AssociationPolicy
+from scp._policy import REASON_LOCAL_LIMIT, REASON_NO_REASON, AssociationPolicy
 from scp._settings import LogId, ScpSettings
 from scp._spool import Spool
 from scp._tls import server_context
@@ -70,6 +74,9 @@ ACCEPTED_TRANSFER_SYNTAXES = [
 ]
 """Stored as sent, never transcoded."""
 
+MAX_ASSOCIATIONS = 32
+"""Associations at once (pynetdicom answers one more with "local limit exceeded")."""
+
 
 class StorageServer:
     """Our Storage SCP. ``on_stored(study_key)`` is called after each durable store."""
@@ -87,13 +94,16 @@ class StorageServer:
         self.spool = spool
         self.log_id = log_id
         self.on_stored = on_stored
-        self.on_rejected = on_rejected  # called with the A-ASSOCIATE-RJ reason code
+        # called with the A-ASSOCIATE-RJ reason code; also for connections closed at accept:
+        # 0x01 (address not allowed), 0x02 (local limit: scp.max_associations_per_address)
+        self.on_rejected = on_rejected
         self.on_refused = on_refused  # called with a C-STORE failure status
         self.policy = AssociationPolicy(
             settings.ae_title, settings.allowed_calling_ae_titles, settings.allowed_networks
         )
         self.ae = self._build_ae()
-        self._server: ThreadedAssociationServer | None = None
+        self._server: GuardedAssociationServer | None = None
+        self.accept_guard: AcceptGuard | None = None  # the last started server's
 
     def _build_ae(self) -> AE:
         # pynetdicom's default "standard" handlers format a debug summary of every PDU and
@@ -106,7 +116,7 @@ class StorageServer:
         ae.acse_timeout = s.acse_timeout
         ae.dimse_timeout = s.dimse_timeout
         ae.network_timeout = s.network_timeout
-        ae.maximum_associations = 32
+        ae.maximum_associations = MAX_ASSOCIATIONS
         for cx in AllStoragePresentationContexts:
             if cx.abstract_syntax is not None:
                 ae.add_supported_context(cx.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
@@ -130,12 +140,31 @@ class StorageServer:
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
         ]
-        self._server = self.ae.start_server(
-            (self.settings.host, self.settings.port),
-            block=False,
-            evt_handlers=handlers,
-            ssl_context=ssl_ctx,
+        guard = AcceptGuard(
+            self.policy.address_allowed,
+            self.settings.max_associations_per_address,
+            self.settings.acse_timeout,
+            on_network_refused=lambda: self._rejected(REASON_NO_REASON),
+            on_limit_refused=lambda: self._rejected(REASON_LOCAL_LIMIT),
         )
+        # ae.start_server(block=False) with our server class (same steps as pynetdicom 3.0's)
+        server = cast(
+            GuardedAssociationServer,
+            self.ae.make_server(
+                (self.settings.host, self.settings.port),
+                evt_handlers=handlers,
+                ssl_context=ssl_ctx,
+                server_class=GuardedAssociationServer,
+                guard=guard,
+            ),
+        )
+        thread = threading.Thread(
+            target=server.serve_forever, name="AcceptorServer@blindread", daemon=True
+        )
+        thread.start()
+        self.ae._servers.append(server)
+        self._server = server
+        self.accept_guard = guard
         log.info(
             "storage SCP %s listening on %s:%d%s",
             self.settings.ae_title,
@@ -192,11 +221,14 @@ class StorageServer:
             rej.source,
             rej.diagnostic,
         )
-        if self.on_rejected is not None:
-            self.on_rejected(rej.diagnostic)
+        self._rejected(rej.diagnostic)
         assoc.acse.send_reject(rej.result, rej.source, rej.diagnostic)
         evt.trigger(assoc, evt.EVT_REJECTED, {})
         assoc.kill()
+
+    def _rejected(self, reason_code: int) -> None:
+        if self.on_rejected is not None:
+            self.on_rejected(reason_code)
 
     def _on_echo(self, event: Any) -> int:
         return status.SUCCESS

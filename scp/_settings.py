@@ -52,7 +52,8 @@ class ScpSettings:
     fsync: bool = True
     max_pdu: int = 0
     fast_path: bool = True
-    acse_timeout: float = 30.0
+    acse_timeout: float = 10.0
+    max_associations_per_address: int = 8
     dimse_timeout: float = 60.0
     network_timeout: float = 60.0
     tls: TlsSettings | None = None

@@ -48,7 +48,18 @@ class ScpSection(FrozenModel):
     fast_path: bool = Field(
         default=True, description="C-STORE data read by scp._fastpath (false: pynetdicom's path)"
     )
-    acse_timeout: float = Field(default=30.0, gt=0)
+    acse_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="seconds a connection has from accept to a complete A-ASSOCIATE-RQ "
+        "(TLS handshake included) before it is dropped",
+    )
+    max_associations_per_address: int = Field(
+        default=8,
+        ge=1,
+        description="connections one source address may hold at once; one more is closed "
+        "at accept",
+    )
     dimse_timeout: float = Field(default=60.0, gt=0)
     network_timeout: float = Field(default=60.0, gt=0)
     tls: TlsSection | None = None

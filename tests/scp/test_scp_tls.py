@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import socket
+import time
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -89,3 +91,27 @@ def test_mutual_tls_echo_and_store(tmp_path: Path) -> None:
         with pytest.raises(SendError):
             echo(plain, timeout=3)
         assert echo(dest) == 0
+
+
+def test_stalled_tls_handshake_does_not_stop_accepts(tmp_path: Path) -> None:
+    """A peer that connects and never says hello: the handshake runs in its own thread (issue
+    #16), so other senders are served meanwhile, and the peer is dropped after the ACSE timeout."""
+    make_pki(tmp_path)
+    cfg = node_config(
+        tmp_path,
+        scp={
+            "acse_timeout": 2,
+            "tls": {
+                "cert": str(tmp_path / "server.crt"),
+                "key": str(tmp_path / "server.key"),
+                "ca": str(tmp_path / "ca.crt"),
+            },
+        },
+    )
+    client = TlsSettings(tmp_path / "client.crt", tmp_path / "client.key", tmp_path / "ca.crt")
+    with running_node(cfg) as svc, socket.create_connection(("127.0.0.1", svc.port)) as silent:
+        time.sleep(0.2)  # the accept loop has taken the silent connection first
+        dest = DestinationSettings("BLINDREAD", "127.0.0.1", svc.port, "TLSCLIENT", client)
+        assert echo(dest, timeout=5) == 0
+        silent.settimeout(10)
+        assert silent.recv(1) == b""  # dropped, not held forever
