@@ -32,7 +32,8 @@ from scp import CompletionMonitor, Spool, StorageServer, status
 __all__ = ["IngestEvents", "NodePaths", "NodeService", "StudyCompletion"]
 
 # A-ASSOCIATE-RJ reason codes our policy sends -> the metric's fixed reason labels
-_REJECT_REASONS = {0x01: "network", 0x03: "calling_ae", 0x07: "called_ae"}
+# 0x02 = "temporary congestion": the per-address connection limit refused it at accept
+_REJECT_REASONS = {0x01: "network", 0x02: "busy", 0x03: "calling_ae", 0x07: "called_ae"}
 _REFUSALS = {
     status.OUT_OF_RESOURCES: "spool_full",
     status.CANNOT_DECODE: "undecodable",

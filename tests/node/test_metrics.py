@@ -165,3 +165,21 @@ def test_serve_from_config() -> None:
             MetricsServer(m.registry, "127.0.0.1", port).start()
     finally:
         busy.close()
+
+
+def test_association_refusals_counted_by_reason() -> None:
+    """The SCP's A-ASSOCIATE-RJ / accept-time reason codes land on the metric's fixed labels
+    (0x02 is the per-address connection limit at accept: 'busy')."""
+    from node.service import IngestEvents
+
+    m = NodeMetrics()
+    events = IngestEvents(monitor=None, metrics=m)  # type: ignore[arg-type]
+    for code in (0x01, 0x02, 0x02, 0x03, 0x07, 0x55):
+        events.rejected(code)
+    got = {
+        reason: m.registry.get_sample_value(
+            "blindread_associations_rejected_total", {"reason": reason}
+        )
+        for reason in ("network", "busy", "calling_ae", "called_ae", "other")
+    }
+    assert got == {"network": 1, "busy": 2, "calling_ae": 1, "called_ae": 1, "other": 1}
