@@ -10,6 +10,17 @@ Between jobs the runner also retries claims a failure left ``claiming``
 stuck, and with a backoff doubling up to ``claim_retry[1]`` seconds while some are (a full disk
 is not fixed in a second; the log gets one line per attempt, not one per poll).
 
+Recording a job's outcome (``mark_done`` / ``mark_attempt_failed``) can itself fail: the
+state directory's disk full (``sqlite3.OperationalError: database or disk is full``), the
+database locked. The runner then keeps the outcome in memory and retries only the state
+transition, with a backoff doubling from ``record_retry[0]`` to ``record_retry[1]`` seconds,
+taking no other job meanwhile (the store cannot record theirs either); one log line per attempt,
+``/healthz`` says ``job_states_recorded: false`` (:meth:`JobRunner.unrecorded`). We chose to
+retry the transition rather than re-run the job because the job's work (SR sent, results in the
+step store) is already done and durable; re-running it would also be safe (every step is
+idempotent), and that is what happens if the node stops before the transition is recorded:
+the job is still ``running`` in the store and start-up requeues it (:meth:`JobStore.reset_running`).
+
 Retry layers (they multiply, so here is the total): the runner is the only layer that retries
 a PACS (:class:`scp.StorageSender` makes one attempt per job attempt), so a destination may be
 down for ``SenderSettings.budget()`` (default 6.2-12.5 min, see ``blindread config check``)
@@ -22,9 +33,11 @@ from __future__ import annotations
 
 import logging
 import random
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from node.intake import Intake
 from node.jobs import Job, JobStore, describe_error
@@ -35,6 +48,18 @@ __all__ = ["JobAction", "JobRunner"]
 log = logging.getLogger(__name__)
 
 JobAction = Callable[[Job], None]
+
+
+@dataclass
+class _Unrecorded:
+    """A job whose outcome is known but not yet recorded in the store."""
+
+    job: Job
+    outcome: str  # "done" or "attempt failed"
+    record: Callable[[], Job]  # the state transition (idempotent: guarded by state='running')
+    tries: int = 0
+    backoff: float = 0.0
+    next_try: float = 0.0
 
 
 class JobRunner:
@@ -50,7 +75,7 @@ class JobRunner:
         housekeeping: Callable[[], object] | None = None,
         housekeeping_seconds: float = 3600.0,
         claim_retry: tuple[float, float] = (1.0, 60.0),
-
+        record_retry: tuple[float, float] = (1.0, 60.0),
         rng: random.Random | None = None,
     ) -> None:
         self.store = store
@@ -65,6 +90,8 @@ class JobRunner:
         self.claim_retry = claim_retry
         self._next_claim_check = 0.0
         self._claim_backoff = 0.0
+        self.record_retry = record_retry
+        self._unrecorded: _Unrecorded | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -73,8 +100,17 @@ class JobRunner:
         """A job was queued: look now instead of at the next poll."""
         self._wake.set()
 
+    def unrecorded(self) -> int:
+        """Jobs finished whose new state the store could not record yet (0 or 1)."""
+        return 0 if self._unrecorded is None else 1
+
     def run_once(self) -> Job | None:
-        """Run the next due job, if any; returns its new state."""
+        """Run the next due job, if any; returns its new state (``None`` also while an
+        earlier job's outcome is still being recorded, see the module docstring)."""
+        if self._unrecorded is not None:
+            if time.monotonic() < self._unrecorded.next_try:
+                return None
+            return self._record(self._unrecorded)
         job = self.store.next_due()
         if job is None:
             return None
@@ -82,35 +118,75 @@ class JobRunner:
             self.action(job)
         except Exception as exc:
             err = describe_error(exc)
-            new = self.store.mark_attempt_failed(
-                job.id,
-                err,
-                self.retry.max_attempts,
-                lambda n: self.retry.jittered_backoff(n, self.rng),
-                self.intake.quarantine_dir / job.token,
+            return self._record(_Unrecorded(job, "attempt failed", lambda: self._failed(job, err)))
+        return self._record(_Unrecorded(job, "done", lambda: self._done(job)))
+
+    def _record(self, pending: _Unrecorded) -> Job | None:
+        """Record ``pending``'s transition, or keep it for a retry with backoff."""
+        try:
+            new = pending.record()
+        except sqlite3.Error as exc:
+            first, cap = self.record_retry
+            pending.tries += 1
+            pending.backoff = min(cap, pending.backoff * 2 or first)
+            pending.next_try = time.monotonic() + pending.backoff
+            self._unrecorded = pending
+            log.warning(
+                "job %d (study %s) %s but its state could not be recorded (%s: %s, try %d);"
+                " retry in %.1f s",
+                pending.job.id,
+                pending.job.study,
+                pending.outcome,
+                type(exc).__name__,
+                exc,
+                pending.tries,
+                pending.backoff,
             )
-            if new.state == "failed":
-                self.intake.quarantine(new)
-                log.error(
-                    "job %d (study %s) failed after %d attempt(s): %s; files quarantined",
-                    job.id,
-                    job.study,
-                    new.attempts,
-                    err,
-                )
-            else:
-                log.warning(
-                    "job %d (study %s) attempt %d failed: %s; retry in %.1f s",
-                    job.id,
-                    job.study,
-                    new.attempts,
-                    err,
-                    new.next_attempt_at - new.updated_at,
-                )
-            return new
+            return None
+        if pending.tries:
+            log.info(
+                "job %d (study %s) state recorded after %d failed try(s)",
+                pending.job.id,
+                pending.job.study,
+                pending.tries,
+            )
+        self._unrecorded = None
+        return new
+
+    def _done(self, job: Job) -> Job:
         self.store.mark_done(job.id)
+        new = self.store.get(job.id)
+        assert new is not None
         log.info("job %d (study %s) done", job.id, job.study)
-        return self.store.get(job.id)
+        return new
+
+    def _failed(self, job: Job, err: str) -> Job:
+        new = self.store.mark_attempt_failed(
+            job.id,
+            err,
+            self.retry.max_attempts,
+            lambda n: self.retry.jittered_backoff(n, self.rng),
+            self.intake.quarantine_dir / job.token,
+        )
+        if new.state == "failed":
+            self.intake.quarantine(new)
+            log.error(
+                "job %d (study %s) failed after %d attempt(s): %s; files quarantined",
+                job.id,
+                job.study,
+                new.attempts,
+                err,
+            )
+        else:
+            log.warning(
+                "job %d (study %s) attempt %d failed: %s; retry in %.1f s",
+                job.id,
+                job.study,
+                new.attempts,
+                err,
+                new.next_attempt_at - new.updated_at,
+            )
+        return new
 
     def start(self) -> None:
         self._stop.clear()

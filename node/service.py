@@ -139,15 +139,18 @@ class NodeService:
             self.metrics.set_jobs(self.store.counts())
 
     def health(self) -> dict[str, bool]:
-        """The node's ``/healthz`` checks: runner alive, no claim stuck in ``claiming``, and
-        the spool's and the state directory's free space at or above ``scp.min_free_bytes``
-        (when the state directory's disk fills, the job store's updates fail)."""
+        """The node's ``/healthz`` checks: runner alive, no claim stuck in ``claiming``, every
+        finished job's new state recorded (false while the job store cannot record it, e.g. on
+        a full disk: the runner retries, see :mod:`node.runner`), and the spool's and the state
+        directory's free space at or above ``scp.min_free_bytes`` (when the state directory's
+        disk fills, the job store's updates fail)."""
         watermark = self.cfg.scp.min_free_bytes
         return {
             "job_runner_alive": self.runner_alive(),
             "spool_above_watermark": self.spool.free_bytes() >= watermark,
             "state_dir_above_watermark": _free_bytes(self.paths.jobs_dir) >= watermark,
             "no_stuck_claims": self.intake.stuck_claims() == 0,
+            "job_states_recorded": self.runner.unrecorded() == 0,
         }
 
     @property

@@ -16,6 +16,8 @@ from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from secure_infer.vendor._handshake import REASONS
+
 __all__ = ["CONTENT_TYPE", "VendorMetrics", "VendorMetricsMiddleware"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -64,7 +66,17 @@ class VendorMetrics:
         )
         for direction in ("received", "sent"):
             self.ciphertext_bytes.labels(direction)
+        self.tls_refused = Counter(
+            "blindread_vendor_tls_refused",
+            "TLS handshakes refused, by fixed reason (no_certificate, unknown_ca, expired, ...)",
+            ["reason"],
+            registry=r,
+        )
+        for reason in REASONS:
+            self.tls_refused.labels(reason)
 
+    def tls_refusal(self, reason: str) -> None:
+        self.tls_refused.labels(reason).inc()
 
     def observe_infer(self, received: int, sent: int, evaluate_s: float, queue_s: float) -> None:
         self.ciphertext_bytes.labels("received").inc(received)

@@ -1,10 +1,12 @@
 """The vendor peer: a Starlette ASGI app served by uvicorn over HTTPS with mutual TLS.
 
 The TLS layer refuses any client without a certificate signed by the configured client CA
-(``ssl.CERT_REQUIRED``); the verified certificate's subject CN is the hospital's identity and
-namespaces its stored contexts. uvicorn does not put the peer certificate into the ASGI scope, so
-:class:`_MtlsH11Protocol` adds the ASGI TLS extension (``scope["extensions"]["tls"]``) per
-connection.
+(``ssl.CERT_REQUIRED``); every refused handshake is logged (peer address and a fixed reason,
+rate-limited) and counted (:mod:`secure_infer.vendor._handshake`, which does the TLS layer in
+place of the loop for that reason). The verified certificate's subject CN is the hospital's
+identity and namespaces its stored contexts. uvicorn does not put the peer certificate into the
+ASGI scope, so :class:`_MtlsH11Protocol` adds the ASGI TLS extension
+(``scope["extensions"]["tls"]``) per connection.
 
 Protocol: see :mod:`secure_infer.wire`; ciphertext lists use :mod:`secure_infer.framing`. Every
 bad input is a 4xx ``{"error": code, "detail": ...}`` from the :mod:`secure_infer.errors` tree
@@ -43,6 +45,7 @@ from secure_infer.errors import (
     UnknownContextError,
 )
 from secure_infer.framing import MEDIA_TYPE, decode_frames, encode_frames, frames_sha256
+from secure_infer.vendor._handshake import TlsRefusals, tls_protocol_factory
 from secure_infer.vendor._http import EXCEPTION_HANDLERS
 from secure_infer.vendor._metrics import VendorMetrics, VendorMetricsMiddleware, metrics_endpoint
 from secure_infer.vendor._pool import EvalPool
@@ -551,19 +554,29 @@ def serve(
     ssl_ctx = build_ssl_context(tls)  # fail fast on unreadable TLS files, before compiling
     server = VendorServer(settings)
     app = build_app(server)
+    # TLS is done by our protocol wrapper, not by the loop (uvicorn's config.ssl stays None),
+    # so that a refused handshake is logged and counted (see _handshake)
+    refusals = TlsRefusals(server.metrics.tls_refusal)
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
-        http=_mtls_protocol_class(),
+        http=tls_protocol_factory(_mtls_protocol_class(), ssl_ctx, refusals),
         ws="none",
         lifespan="on",
         log_level=log_level.lower(),
         access_log=False,
-        ssl_context_factory=lambda _cfg, _default: ssl_ctx,
         limit_concurrency=max_connections,
         timeout_keep_alive=15,
         timeout_graceful_shutdown=10,
         server_header=False,
     )
-    uvicorn.Server(config).run()
+
+    class _Server(uvicorn.Server):
+        def _log_started_message(self, listeners: Any) -> None:
+            # uvicorn would say http://: the loop does no TLS, our protocol wrapper does
+            for sock in listeners:
+                addr = sock.getsockname()
+                log.info("vendor server listening on https://%s:%d (mutual TLS)", *addr[:2])
+
+    _Server(config).run()
