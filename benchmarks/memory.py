@@ -6,10 +6,12 @@ the kernel's peak-RSS counter (``/proc/self/clear_refs``) once the backend is se
 whole pipeline (rules, de-id + vault, preprocessing, encrypted inference, SR, delivery to a
 stub sender) and reports ``VmHWM`` minus the RSS before the job: what the job itself added.
 
-The backend is ``tests.support.local_backend.LocalBackend`` (real CKKS encryption and the
-in-process vendor evaluator; ~0.16 s and ~400 KB of ciphertext per image for the demo model),
-or with ``--backend fake`` a stand-in that holds 400 KB per image until it answers, like the
-real client holds a request's ciphertexts (fast; used by tests/node/test_pipeline_memory.py).
+The backend is ``tests.support.local_backend.LocalBackend``'s real CKKS session and in-process
+vendor evaluator, driven as ``secure_infer.VendorClient`` drives them (the batch encrypted at
+once, sent in requests of at most the plan's ``max_ciphertexts``; ~0.16 s and ~400 KB of
+ciphertext per image for the demo model), or with ``--backend fake`` a stand-in that holds
+400 KB per image until it answers, as the real client holds a batch's ciphertexts (fast; used
+by tests/node/test_pipeline_memory.py).
 
 The child imports ``node`` from ``PYTHONPATH``, so the same script measures another tree:
 
@@ -107,6 +109,51 @@ class FakeBackend:
         )  # fmt: skip
 
 
+class ClientLikeBackend:
+    """``LocalBackend``'s CKKS session and vendor evaluator, used the way
+    ``secure_infer.VendorClient.infer`` uses them: the whole batch is encrypted at once, then
+    sent as requests of at most the plan's ``max_ciphertexts`` (each one framed into a request
+    body and answered with framed outputs), decrypted request by request."""
+
+    def __init__(self, manifest_path: Path, key_dir: Path) -> None:
+        from tests.support.local_backend import LocalBackend
+
+        self.local = LocalBackend(manifest_path, key_dir)
+        self.batches: list[int] = []
+
+    def manifest(self, model: str) -> Any:
+        return self.local.manifest(model)
+
+    def infer(self, model: str, batch: Any) -> Any:
+        import numpy as np
+
+        from node.pipeline import InferenceOutcome
+        from secure_infer.framing import decode_frames, encode_frames, frames_sha256
+        from secure_infer.hospital.client import apply_activations
+
+        self.batches.append(len(batch))
+        local, spec = self.local, self.local.vendor.spec
+        frames = local.session.encrypt(np.asarray(batch, dtype=np.float64))
+        step, per = spec.max_ciphertexts, spec.images_per_ciphertext
+        logits, sent, answered, up, down = [], [], [], 0, 0
+        for start in range(0, len(frames), step):
+            chunk = frames[start : start + step]
+            body = encode_frames(chunk)
+            outs = encode_frames(local.vendor.evaluate(local.context, decode_frames(body)))
+            k = min(len(chunk) * per, len(batch) - start * per)
+            logits.append(np.asarray(local.session.decrypt(decode_frames(outs), k)))
+            sent.append(frames_sha256(body))
+            answered.append(frames_sha256(outs))
+            up, down = up + len(body), down + len(outs)
+        probs = apply_activations(local.vendor.manifest, np.concatenate(logits, axis=0))
+        return InferenceOutcome(
+            probabilities=probs.tolist(), model_version=local.vendor.manifest.version,
+            context_sha256=local.session.context_sha256(), request_sha256=sent,
+            response_sha256=answered, bytes_up=up, bytes_down=down, timings={},
+            parameters={"he.scheme": "CKKS"},
+        )  # fmt: skip
+
+
 class StubSender:
     """Accepts every delivery (the PACS is not what is measured)."""
 
@@ -176,23 +223,11 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     assert job is not None
     backend: Any
     if args.backend == "local":
-        from tests.support.local_backend import LocalBackend
-
-        backend = LocalBackend(DEMO_MODEL_DIR / "manifest.yaml", tmp / "ckks")
-        backend.infer("demo-lesion", __import__("numpy").zeros((1, 1, 64, 64)))  # warm up
-        batches: list[int] = []
-        real_infer = backend.infer
-
-        def counting(model: str, batch: Any) -> Any:
-            batches.append(len(batch))
-            return real_infer(model, batch)
-
-        backend.infer = counting
+        backend = ClientLikeBackend(DEMO_MODEL_DIR / "manifest.yaml", tmp / "ckks")
     else:
         from secure_infer.manifest import load_manifest
 
         backend = FakeBackend(load_manifest(DEMO_MODEL_DIR / "manifest.yaml").public())
-        batches = backend.batches
     ledger = AuditLedger.open(tmp / "audit.jsonl", tmp / "audit.key", fsync=False)
     pipeline = Pipeline(
         cfg,
@@ -208,7 +243,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     )
     # a one-image job first: the code a job imports lazily is loaded before the measurement
     pipeline(_warm_up_job(spool, intake, Path(args.study)))
-    batches.clear()
+    backend.batches.clear()
     gc.collect()
     with _PeakRss() as rss:
         t0 = time.perf_counter()
@@ -224,7 +259,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         "peak": peak,
         "growth": peak - before,
         "seconds": seconds,
-        "batches": batches,
+        "batches": backend.batches,
         "requests_audited": ledger_kinds.count("inference_requested") - 1,  # minus warm-up
         "probabilities": [list(p) for p in inferred.probabilities],
     }
