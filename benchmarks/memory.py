@@ -335,8 +335,8 @@ def main() -> None:
     print(f"peak RSS added by one job ({args.backend} backend, {args.size}x{args.size} CR)")
     head = f"{'images':>7} | "
     if args.before is not None:
-        head += f"{'before MiB':>10} {'requests':>8} {'s':>6} | "
-    print(head + f"{'after MiB':>9} {'requests':>8} {'largest':>7} {'s':>6}")
+        head += f"{'before MiB':>10} {'calls':>8} {'s':>6} | "
+    print(head + f"{'after MiB':>9} {'calls':>8} {'largest':>7} {'s':>6}")
     for row in rows:
         line = f"{row['n']:>7} | "
         if "before" in row:
