@@ -32,6 +32,14 @@ class NodeSection(FrozenModel):
         description="files of finished jobs are deleted this long after they finish (the job "
         "record stays); late images of a study within this window re-use them",
     )
+    max_images_in_memory: int = Field(
+        default=64,
+        ge=1,
+        description="images preprocessed, encrypted and sent to the vendor at a time: a job's "
+        "memory is bounded by this, not by the study's size (each chunk is one audited request; "
+        "a multiple of the model plan's images per ciphertext x max ciphertexts per request "
+        "fills every request)",
+    )
 
     @property
     def keys(self) -> Path:

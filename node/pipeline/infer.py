@@ -7,6 +7,7 @@ decrypted probabilities and PHI-free figures (hashes, bytes, timings).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -63,6 +64,11 @@ class Inferred(StepResult):
     bytes_down: int
 
 
+def _chunks(count: int, size: int) -> list[range]:
+    """``range(count)`` in consecutive pieces of at most ``size``."""
+    return [range(i, min(i + size, count)) for i in range(0, count, size)]
+
+
 def infer_encrypted(
     ctx: StepContext,
     job: Job,
@@ -72,13 +78,73 @@ def infer_encrypted(
     deid_dir: Path,
     deid: Deidentified,
 ) -> Inferred:
-    """Preprocess the de-identified copies and run ``model`` on them, encrypted."""
-    with ctx.timed("preprocess"):
+    """Preprocess the de-identified copies and run ``model`` on them, encrypted.
+
+    The copies go in chunks of ``node.max_images_in_memory``: a chunk is preprocessed, sent
+    (one backend call, one audited request) and only its probabilities are kept before the
+    next is read, so the job's memory does not grow with the study. The step's result is the
+    whole study's: a crash mid-way does the step again from its first chunk (each attempt's
+    requests are audited before they are sent, so the ledger still shows every request).
+    """
+    probabilities: list[tuple[float, ...]] = []
+    timings: dict[str, float] = {}
+    parameters: dict[str, str] | None = None
+    model_version = ""
+    bytes_up = bytes_down = 0
+    preprocess_seconds = 0.0
+    for chunk in _chunks(len(deid.files), ctx.cfg.node.max_images_in_memory):
+        t0 = time.perf_counter()
         try:
-            batch = np.stack([preprocess_file(deid_dir / name, manifest) for name in deid.files])
+            batch = np.stack([preprocess_file(deid_dir / deid.files[i], manifest) for i in chunk])
         except PreprocessError as exc:
             # the job record keeps JobError messages; these name shapes, dtypes and values only
             raise JobError(f"cannot preprocess an image: {exc}") from None
+        finally:
+            preprocess_seconds += time.perf_counter() - t0
+        outcome = _infer_chunk(ctx, job, backend, model, manifest, batch)
+        del batch
+        if model_version and outcome.model_version != model_version:
+            # one result must come from one model: the job is retried as a whole
+            raise JobError(
+                f"the vendor's model version changed during the study "
+                f"({model_version} -> {outcome.model_version})"
+            )
+        model_version = outcome.model_version
+        if parameters is None:
+            parameters = dict(outcome.parameters)
+        if len(outcome.probabilities) != len(chunk):
+            raise JobError(
+                f"the vendor answered {len(outcome.probabilities)} results for {len(chunk)} images"
+            )
+        probabilities.extend(tuple(float(p) for p in row) for row in outcome.probabilities)
+        for step, seconds in outcome.timings.items():
+            timings[step] = timings.get(step, 0.0) + seconds
+        bytes_up += outcome.bytes_up
+        bytes_down += outcome.bytes_down
+    # one latency per step and job, as before the images were chunked
+    ctx.metrics.observe_step("preprocess", preprocess_seconds)
+    for step in ("encrypt", "vendor", "decrypt"):
+        if step in timings:
+            ctx.metrics.observe_step(step, timings[step])
+    return Inferred(
+        probabilities=tuple(probabilities),
+        model_version=model_version,
+        parameters=parameters or {},
+        timings=timings,
+        bytes_up=bytes_up,
+        bytes_down=bytes_down,
+    )
+
+
+def _infer_chunk(
+    ctx: StepContext,
+    job: Job,
+    backend: InferenceBackend,
+    model: str,
+    manifest: Manifest,
+    batch: np.ndarray,
+) -> InferenceOutcome:
+    """One chunk through the backend, audited before it is sent and after it is answered."""
     # the intent is audited BEFORE anything is sent: a crash after the vendor served (or a
     # failure whose outcome we cannot know) still leaves one inference_requested per attempt,
     # so the ledger never shows fewer requests than the vendor's chain. Ciphertexts are made
@@ -94,9 +160,6 @@ def infer_encrypted(
         # the job runner retries the job: the vendor step failed this attempt
         ctx.metrics.retry("vendor")
         raise
-    for step in ("encrypt", "vendor", "decrypt"):
-        if step in outcome.timings:
-            ctx.metrics.observe_step(step, outcome.timings[step])
     ctx.metrics.vendor_traffic(sent=outcome.bytes_up, received=outcome.bytes_down)
     ctx.record(
         AuditKind.RESULT_RECEIVED, study=job.study, model=model,
@@ -104,11 +167,4 @@ def infer_encrypted(
         ciphertext_hashes=outcome.request_sha256, response_hashes=outcome.response_sha256,
         images=len(batch),
     )  # fmt: skip
-    return Inferred(
-        probabilities=tuple(tuple(float(p) for p in row) for row in outcome.probabilities),
-        model_version=outcome.model_version,
-        parameters=dict(outcome.parameters),
-        timings=dict(outcome.timings),
-        bytes_up=outcome.bytes_up,
-        bytes_down=outcome.bytes_down,
-    )
+    return outcome
