@@ -70,7 +70,7 @@ class _ToFile(logging.Handler):
             return
         try:
             line = self.format(record)
-        except Exception:  # noqa: BLE001 - a bad record must not break the case
+        except Exception:  # a bad record must not break the case
             line = f"{record.levelname} {record.name} <unformattable>"
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(line + "\n")
