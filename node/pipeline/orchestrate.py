@@ -21,6 +21,8 @@ pseudonyms and hashes only.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +53,35 @@ __all__ = ["Discarded", "Pipeline", "Received", "RuleMatched"]
 log = logging.getLogger(__name__)
 
 Headers = list[tuple[Path, Dataset]]
+
+# Test hook, for tests/faults/test_kill_steps.py only: with BLINDREAD_TEST_HOOKS=1 *and*
+# BLINDREAD_FAULT_KILL_AT=<boundary> in the environment, the node SIGKILLs itself when a job
+# reaches that step boundary, so the fault suite can crash it exactly there. Without
+# BLINDREAD_TEST_HOOKS=1 the variable is refused (a warning, no effect); nothing else reads it.
+FAULT_KILL_AT = "BLINDREAD_FAULT_KILL_AT"
+TEST_HOOKS = "BLINDREAD_TEST_HOOKS"
+KILL_BOUNDARIES = (
+    "claimed",  # the job was claimed and started; no step result stored yet
+    "deid",  # de-identified copies and their step record written; nothing sent to the vendor
+    "sr",  # SR files built and recorded; nothing sent to a destination
+    "sent",  # a destination acknowledged the results; its deliver record not yet written
+)
+
+
+def _kill_point_from_env() -> str | None:
+    """The boundary named by the test hook, or ``None`` (read once, when the pipeline is made)."""
+    at = os.environ.get(FAULT_KILL_AT)
+    if not at:
+        return None
+    if os.environ.get(TEST_HOOKS) != "1":
+        log.warning("%s is set but %s is not 1: test hook refused", FAULT_KILL_AT, TEST_HOOKS)
+        return None
+    if at not in KILL_BOUNDARIES:
+        log.warning("%s=%r is not one of %s: test hook refused", FAULT_KILL_AT, at,
+                    ", ".join(KILL_BOUNDARIES))  # fmt: skip
+        return None
+    log.warning("TEST HOOK ACTIVE: this process kills itself at step boundary %r", at)
+    return at
 
 
 @dataclass(frozen=True)
@@ -132,6 +163,13 @@ class Pipeline:
             metrics=self.metrics,
             audit=audit,
         )
+        self._kill_at = _kill_point_from_env()
+
+    def _boundary(self, name: str) -> None:
+        """Test hook (see :data:`FAULT_KILL_AT`): SIGKILL this process at boundary ``name``."""
+        if self._kill_at == name:
+            log.warning("test hook: SIGKILL at step boundary %r", name)
+            os.kill(os.getpid(), signal.SIGKILL)
 
     # ------------------------------------------------------------------ the job's files
 
@@ -174,6 +212,7 @@ class Pipeline:
     # ------------------------------------------------------------------ the action
 
     def __call__(self, job: Job) -> None:
+        self._boundary("claimed")
         steps = StepStore(job.dir / "steps")
         headers = self._headers(job)
         if steps.get(Received) is None:
@@ -231,6 +270,7 @@ class Pipeline:
         deid = steps.get(Deidentified, tag) or steps.put(
             deidentify_for_inference(ctx, job, selected, deid_dir), tag
         )
+        self._boundary("deid")
         backend = self.backends(action.vendor)
         manifest = backend.manifest(action.model)
         # 2. preprocess + 3. encrypted inference
@@ -243,6 +283,7 @@ class Pipeline:
                      self._earlier_results(job)),
             tag,
         )  # fmt: skip
+        self._boundary("sr")
         # 5. deliver to every destination (each one once)
         for dest in action.destinations:
             self._deliver(job, steps, tag, dest, [sr_dir / f for f in built.files], "sr")
@@ -267,4 +308,6 @@ class Pipeline:
         kind: DeliveryKind,
     ) -> None:
         if files and steps.get(Delivered, tag, dest) is None:
-            steps.put(deliver(self.ctx, job, dest, files, kind), tag, dest)
+            delivered = deliver(self.ctx, job, dest, files, kind)
+            self._boundary("sent")
+            steps.put(delivered, tag, dest)
