@@ -26,7 +26,6 @@ from __future__ import annotations
 import heapq
 import logging
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -277,17 +276,19 @@ class GuardedAssociationServer(ThreadedAssociationServer):
         started = False
         try:
             if self.ssl_context is not None:
-                conn = self._handshake(raw, ticket)
+                try:
+                    conn = self._handshake(raw, ticket)
+                except OSError as exc:  # TLS refused, reset or timed out (SSLError included)
+                    self.guard.rate_log.warning(
+                        "tls:" + ticket.ip,
+                        "connection from %s dropped: TLS handshake failed (%s)",
+                        ticket.ip,
+                        type(exc).__name__,
+                    )
+                    return
             self._local.ticket, self._local.started = ticket, False
             self.finish_request(conn, client_address)
             started = bool(self._local.started)
-        except (OSError, ssl.SSLError) as exc:  # TLS handshake refused, reset or timed out
-            self.guard.rate_log.warning(
-                "tls:" + ticket.ip,
-                "connection from %s dropped: TLS handshake failed (%s)",
-                ticket.ip,
-                type(exc).__name__,
-            )
         except Exception:
             self.handle_error(conn, client_address)
         finally:
@@ -300,8 +301,14 @@ class GuardedAssociationServer(ThreadedAssociationServer):
         assert self.ssl_context is not None
         tls = self.ssl_context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
         ticket.sock = tls  # the watchdog must shut down the socket that now owns the fd
-        tls.settimeout(max(0.1, ticket.deadline - time.monotonic()))
-        tls.do_handshake()
+        try:
+            tls.settimeout(max(0.1, ticket.deadline - time.monotonic()))
+            tls.do_handshake()
+        except BaseException:
+            # the TLS socket owns the fd now: closing ``raw`` would leave it open until the
+            # watchdog's deadline (one leaked descriptor per refused handshake)
+            self._close(tls)
+            raise
         tls.settimeout(None)  # as pynetdicom's own get_request leaves it
         return tls
 

@@ -115,3 +115,32 @@ def test_stalled_tls_handshake_does_not_stop_accepts(tmp_path: Path) -> None:
         assert echo(dest, timeout=5) == 0
         silent.settimeout(10)
         assert silent.recv(1) == b""  # dropped, not held forever
+
+
+def test_refused_tls_handshake_closes_its_socket_at_once(tmp_path: Path) -> None:
+    """A peer that speaks plain DICOM to the TLS port fails the handshake: its connection is
+    closed right away, not held open until the ACSE deadline (one descriptor per refusal)."""
+    make_pki(tmp_path)
+    cfg = node_config(
+        tmp_path,
+        scp={
+            "acse_timeout": 30,
+            "tls": {
+                "cert": str(tmp_path / "server.crt"),
+                "key": str(tmp_path / "server.key"),
+                "ca": str(tmp_path / "ca.crt"),
+            },
+        },
+    )
+    with running_node(cfg) as svc:
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", svc.port)) as plain:
+                plain.sendall(b"\x01\x00" + b"\x00" * 70)  # an A-ASSOCIATE-RQ header, not TLS
+                plain.settimeout(5)
+                started = time.monotonic()
+                try:
+                    while plain.recv(4096):
+                        pass  # a TLS alert may come first; then the close
+                except ConnectionResetError:
+                    pass
+                assert time.monotonic() - started < 5  # closed now, not after 30 s
