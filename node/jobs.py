@@ -53,13 +53,13 @@ class JobError(NodeError):
 
 def describe_error(exc: BaseException) -> str:
     """PHI-free text for ``last_error``: our own error types carry vetted messages (the
-    vendor link's too: it carries ciphertexts only, and its messages name a route, a reason
+    vendor link's errors too, and only those of secure_infer's: it carries ciphertexts only, and its messages name a route, a reason
     such as ``ReadTimeout`` and the vendor's error code), others only their type name (an
     arbitrary exception message might quote a dataset)."""
     from scp import ScpError
-    from secure_infer import InferenceError
+    from secure_infer import VendorError, VendorUnavailableError
 
-    if isinstance(exc, (JobError, ScpError, InferenceError)):
+    if isinstance(exc, (JobError, ScpError, VendorError, VendorUnavailableError)):
         return f"{type(exc).__name__}: {exc}"[:500]
     if isinstance(exc, OSError) and exc.errno is not None:
         # errno and the system's text only: ``filename`` (a path with pseudonyms, or worse,

@@ -90,3 +90,17 @@ def test_describe_error_gives_errno_and_strerror_without_the_path() -> None:
     assert refused == "ConnectionRefusedError: [ECONNREFUSED] Connection refused"
     assert describe_error(OSError("no errno: /some/path")) == "OSError"
     assert describe_error(ValueError("PatientName=Doe^Jane")) == "ValueError"
+
+
+def test_describe_error_keeps_only_the_vendor_links_messages_of_secure_infer() -> None:
+    """The vendor link's errors name a route and a reason, so their text is kept; other
+    secure_infer errors (a chain file's path, a manifest's content) are recorded by type."""
+    from node.jobs import describe_error
+    from secure_infer import ChainError, ManifestError, VendorUnavailableError
+
+    outage = VendorUnavailableError("POST /models/m/infer failed after 2 attempts: ConnectError")
+    assert describe_error(outage) == (
+        "VendorUnavailableError: POST /models/m/infer failed after 2 attempts: ConnectError"
+    )
+    assert describe_error(ChainError("/srv/vendor/chain.jsonl line 3: bad hash")) == "ChainError"
+    assert describe_error(ManifestError("manifest.yaml", ["name: 'x'"])) == "ManifestError"
