@@ -188,6 +188,7 @@ class Intake:
             if p.name.endswith(".dcm") and q.is_file() and filecmp.cmp(p, q, shallow=False):
                 p.unlink()
                 dropped = True
+        filecmp.clear_cache()  # its module-wide cache would keep every job's paths forever
         if dropped:
             fsync_dir(src)
             try:
@@ -248,7 +249,7 @@ class Intake:
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
-            _copy_dir(src, dest, [p for p in src.iterdir() if p.is_file()])
+            _copy_tree(src, dest)  # a job's folder holds steps/ and work/ too
             shutil.rmtree(src)
         fsync_dir(src.parent)
         fsync_dir(dest.parent)
@@ -269,6 +270,32 @@ def _copy_dir(src: Path, dest: Path, files: list[Path]) -> None:
                 fout.flush()
                 os.fsync(fout.fileno())
         fsync_dir(staging)
+        os.rename(staging, dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    fsync_dir(dest.parent)
+
+
+def _copy_synced(src: str, dst: str) -> None:
+    shutil.copy2(src, dst)
+    fd = os.open(dst, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _copy_tree(src: Path, dest: Path) -> None:
+    """Copy the whole folder ``src`` (subfolders included) into a new ``dest`` durably: every
+    file and folder fsynced in a staging folder beside ``dest``, then renamed to ``dest``."""
+    dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    staging = dest.with_name(f".{dest.name}.copying")
+    shutil.rmtree(staging, ignore_errors=True)  # left by a crash during an earlier copy
+    try:
+        shutil.copytree(src, staging, copy_function=_copy_synced)
+        for folder, _, _ in os.walk(staging, topdown=False):
+            fsync_dir(Path(folder))
         os.rename(staging, dest)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

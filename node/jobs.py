@@ -52,10 +52,11 @@ class JobError(NodeError):
 
 
 def describe_error(exc: BaseException) -> str:
-    """PHI-free text for ``last_error``: our own error types carry vetted messages (the
-    vendor link's errors too, and only those of secure_infer's: it carries ciphertexts only, and its messages name a route, a reason
-    such as ``ReadTimeout`` and the vendor's error code), others only their type name (an
-    arbitrary exception message might quote a dataset)."""
+    """PHI-free text for ``last_error``: our own error types carry vetted messages, and so do
+    the vendor link's errors (the only secure_infer errors kept: the link carries ciphertexts
+    only, and its messages name a route, a reason such as ``ReadTimeout`` and the vendor's error
+    code); others only their type name (an arbitrary exception message might quote a dataset,
+    a ChainError names a file path)."""
     from scp import ScpError
     from secure_infer import VendorError, VendorUnavailableError
 

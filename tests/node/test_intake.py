@@ -197,3 +197,36 @@ def test_interrupted_cross_device_copy_leaves_no_second_job(tmp_path: Path) -> N
     assert job.state == "queued" and len(job.files) == 3
     left = sorted(p.read_bytes() for p in src.iterdir())
     assert left == [b"a new instance", b"re-sent with other bytes"]
+
+
+def test_quarantine_across_devices_keeps_the_jobs_subfolders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job folder moved by copy (EXDEV) keeps its step records and work files, not only its
+    top-level instances (found in review: the copy took files only, then deleted the rest)."""
+    spool, store, intake = _intake(tmp_path)
+    key = _fill(spool, 2)
+    job = intake.claim(key)
+    assert job is not None
+    (job.dir / "steps").mkdir()
+    (job.dir / "steps" / "received.json").write_text('{"n": 2}')
+    (job.dir / "work" / "r0").mkdir(parents=True)
+    (job.dir / "work" / "r0" / "sr.dcm").write_bytes(b"sr bytes")
+    real = os.rename
+
+    def rename(src: Any, dest: Any, *args: Any, **kwargs: Any) -> None:
+        if Path(src) == job.dir:  # jobs/ and quarantine/ on different 'devices'
+            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(src), None, str(dest))
+        real(src, dest, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rename", rename)
+    store.next_due()
+    failed = store.mark_attempt_failed(job.id, "x", 1, lambda n: 1.0,
+                                       intake.quarantine_dir / job.token)
+    intake.quarantine(failed)
+    moved = intake.quarantine_dir / job.token
+    assert not job.dir.exists()
+    assert (moved / "steps" / "received.json").read_text() == '{"n": 2}'
+    assert (moved / "work" / "r0" / "sr.dcm").read_bytes() == b"sr bytes"
+    assert len([p for p in moved.iterdir() if p.is_file()]) == 2
+    assert [p.name for p in moved.parent.iterdir()] == [job.token]  # no staging left
