@@ -61,6 +61,7 @@ from secure_infer.wire import (
     H_QUEUE_SECONDS,
     H_SERVER_SECONDS,
     BadRequestError,
+    ServerBusyError,
     ServerTimeoutError,
     TooLargeError,
     UnauthenticatedError,
@@ -169,6 +170,9 @@ class VendorServer:
         self.chain = HashChain(settings.state_dir / "chain.jsonl")
         self.metrics = VendorMetrics()
         self._answered: OrderedDict[tuple[str, str], _Answered] = OrderedDict()
+        # job tokens being evaluated now: a client's retry of a slow request must not be
+        # evaluated (and chained) a second time while the first is still running
+        self._in_flight: set[tuple[str, str]] = set()
         self.pool = EvalPool(
             settings.manifests,
             self.store.root,
@@ -180,6 +184,20 @@ class VendorServer:
     def recall(self, namespace: str, job: str) -> _Answered | None:
         """The answer already given to this hospital's job token, if recent."""
         return self._answered.get((namespace, job))
+
+    def begin(self, namespace: str, job: str) -> None:
+        """Mark the job token as being evaluated; a second request under it meanwhile is told
+        to come back (503 + Retry-After), by when the first one's answer is in the replay
+        cache. Called from the event loop only (no await between check and add)."""
+        key = (namespace, job)
+        if key in self._in_flight:
+            raise ServerBusyError(
+                "this job token's request is still being evaluated; retry later", retry_after=2
+            )
+        self._in_flight.add(key)
+
+    def end(self, namespace: str, job: str) -> None:
+        self._in_flight.discard((namespace, job))
 
     def remember(self, namespace: str, job: str, answered: _Answered) -> None:
         self._answered[(namespace, job)] = answered
@@ -432,44 +450,51 @@ async def infer(request: Request) -> Response:
         raise CiphertextError(
             f"expected 1..{limit} ciphertexts, got {len(inputs)}", code="wrong_count"
         )
-    t_body = time.monotonic()
-    outputs, eval_s, queue_s = await _evaluate_split(srv, vm.manifest.name, hosp, ctx_sha, inputs)
-    out_body = encode_frames(outputs)
-    resp_sha = frames_sha256(out_body)
-    entry = await anyio.to_thread.run_sync(
-        lambda: srv.chain.append(
-            job=job,
-            model=vm.manifest.name,
-            model_version=vm.manifest.version,
-            context_sha256=ctx_sha,
-            request_sha256=req_sha,
-            response_sha256=resp_sha,
+    srv.begin(hosp.namespace, job)  # 503 while the same token is being evaluated
+    try:
+        t_body = time.monotonic()
+        outputs, eval_s, queue_s = await _evaluate_split(
+            srv, vm.manifest.name, hosp, ctx_sha, inputs
         )
-    )
-    server_s = time.monotonic() - t_body
-    srv.metrics.observe_infer(len(body), len(out_body), eval_s, queue_s)
-    log.info(
-        "infer job=%s model=%s ctx=%s.. hospital=%s in=%d/%dB out=%d/%dB queue=%.3fs eval=%.3fs",
-        job,
-        vm.manifest.name,
-        ctx_sha[:12],
-        hosp.short,
-        len(inputs),
-        len(body),
-        len(outputs),
-        len(out_body),
-        queue_s,
-        eval_s,
-    )
-    headers = {
-        H_JOB: job,
-        H_MODEL_VERSION: vm.manifest.version,
-        H_CHAIN: entry["entry_hash"],
-        H_EVALUATE_SECONDS: f"{eval_s:.6f}",
-        H_QUEUE_SECONDS: f"{queue_s:.6f}",
-        H_SERVER_SECONDS: f"{server_s:.6f}",
-    }
-    srv.remember(hosp.namespace, job, _Answered(req_sha, out_body, headers))
+        out_body = encode_frames(outputs)
+        resp_sha = frames_sha256(out_body)
+        entry = await anyio.to_thread.run_sync(
+            lambda: srv.chain.append(
+                job=job,
+                model=vm.manifest.name,
+                model_version=vm.manifest.version,
+                context_sha256=ctx_sha,
+                request_sha256=req_sha,
+                response_sha256=resp_sha,
+            )
+        )
+        server_s = time.monotonic() - t_body
+        srv.metrics.observe_infer(len(body), len(out_body), eval_s, queue_s)
+        log.info(
+            "infer job=%s model=%s ctx=%s.. hospital=%s in=%d/%dB out=%d/%dB"
+            " queue=%.3fs eval=%.3fs",
+            job,
+            vm.manifest.name,
+            ctx_sha[:12],
+            hosp.short,
+            len(inputs),
+            len(body),
+            len(outputs),
+            len(out_body),
+            queue_s,
+            eval_s,
+        )
+        headers = {
+            H_JOB: job,
+            H_MODEL_VERSION: vm.manifest.version,
+            H_CHAIN: entry["entry_hash"],
+            H_EVALUATE_SECONDS: f"{eval_s:.6f}",
+            H_QUEUE_SECONDS: f"{queue_s:.6f}",
+            H_SERVER_SECONDS: f"{server_s:.6f}",
+        }
+        srv.remember(hosp.namespace, job, _Answered(req_sha, out_body, headers))
+    finally:
+        srv.end(hosp.namespace, job)
     return Response(out_body, media_type=MEDIA_TYPE, headers=headers)
 
 

@@ -412,6 +412,41 @@ def test_retried_job_is_replayed_not_reevaluated(env: Env) -> None:
     _expect(env, _infer_raw(env, other, sha, job=job), 409, "job_token_reused")
 
 
+def test_concurrent_retries_of_one_job_token_are_evaluated_once(env: Env) -> None:
+    """A client that retries a slow request sends the same token while the first is still
+    being evaluated: that request is told to come back (503 busy), never evaluated and
+    chained a second time (found in review)."""
+    import threading
+
+    sess = _session(env)
+    sha = sess.context_sha256()
+    frames = sess.encrypt(inputs(1, 16, seed=18))
+    job = new_job_token()
+    start = threading.Barrier(4)
+    got: list[httpx.Response] = []
+
+    def send() -> None:
+        start.wait()
+        got.append(_infer_raw(env, frames, sha, job=job))
+
+    threads = [threading.Thread(target=send) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    statuses = sorted(r.status_code for r in got)
+    assert len(statuses) == 4 and set(statuses) <= {200, 503} and 200 in statuses, statuses
+    for r in got:
+        if r.status_code == 503:
+            assert r.json()["error"] == "busy" and r.headers["retry-after"]
+    chain = (env.vendor.state_dir / "chain.jsonl").read_text()
+    assert chain.count(job) == 1  # one evaluation, one chain entry
+    again = _infer_raw(env, frames, sha, job=job)  # the retry after Retry-After: replayed
+    assert again.status_code == 200 and again.content == next(
+        r.content for r in got if r.status_code == 200
+    )
+
+
 def test_context_uploaded_once_per_hospital_key(env: Env) -> None:
     with client_for(env.vendor, env.pki.hospital_a, env.keys) as c:
         sha, _sent = c.ensure_context("tiny")

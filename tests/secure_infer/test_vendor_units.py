@@ -404,3 +404,22 @@ def test_every_secure_infer_error_descends_from_inference_error() -> None:
     for cls in (Framing, RemoteError, Bad, ServerBusyError, ServerTimeoutError, TooLargeError,
                 UnauthenticatedError, ChainError):
         assert issubclass(cls, InferenceError), cls
+
+
+def test_a_job_token_in_flight_is_busy_until_it_ends() -> None:
+    """The vendor's in-flight rule on its own: a second begin() of the same hospital's token
+    is ServerBusyError (503 + Retry-After) until end(); other hospitals and tokens are free."""
+    from types import SimpleNamespace
+
+    from secure_infer.vendor.server import VendorServer
+    from secure_infer.wire import ServerBusyError
+
+    srv = SimpleNamespace(_in_flight=set())
+    VendorServer.begin(srv, "hospital-a", "t1")  # type: ignore[arg-type]
+    with pytest.raises(ServerBusyError) as busy:
+        VendorServer.begin(srv, "hospital-a", "t1")  # type: ignore[arg-type]
+    assert busy.value.http_status == 503 and busy.value.retry_after >= 1
+    VendorServer.begin(srv, "hospital-b", "t1")  # type: ignore[arg-type]
+    VendorServer.begin(srv, "hospital-a", "t2")  # type: ignore[arg-type]
+    VendorServer.end(srv, "hospital-a", "t1")  # type: ignore[arg-type]
+    VendorServer.begin(srv, "hospital-a", "t1")  # type: ignore[arg-type]
