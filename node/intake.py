@@ -171,7 +171,7 @@ class Intake:
             study_key,
         )
         src = self.spool.study_dir(study_key)
-        _copy_dir(src, dest, [p for p in src.iterdir() if p.name.endswith(".dcm")])
+        _copy_tree(src, dest, suffix=".dcm")  # the spool's files only, not a partial write
         self._drop_copies(study_key, dest)
         return sorted(p.name for p in dest.iterdir() if p.name.endswith(".dcm"))
 
@@ -255,28 +255,6 @@ class Intake:
         fsync_dir(dest.parent)
 
 
-def _copy_dir(src: Path, dest: Path, files: list[Path]) -> None:
-    """Copy ``files`` (of ``src``) into a new directory ``dest`` durably: each file fsynced in a
-    staging directory beside ``dest``, which is then renamed to ``dest`` (same file system)."""
-    dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    staging = dest.with_name(f".{dest.name}.copying")
-    shutil.rmtree(staging, ignore_errors=True)  # left by a crash during an earlier copy
-    staging.mkdir(mode=0o700)
-    try:
-        for p in files:
-            fd = os.open(staging / p.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with open(p, "rb") as fin, os.fdopen(fd, "wb") as fout:
-                shutil.copyfileobj(fin, fout, 1 << 20)
-                fout.flush()
-                os.fsync(fout.fileno())
-        fsync_dir(staging)
-        os.rename(staging, dest)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    fsync_dir(dest.parent)
-
-
 def _copy_synced(src: str, dst: str) -> None:
     shutil.copy2(src, dst)
     fd = os.open(dst, os.O_RDONLY)
@@ -286,14 +264,18 @@ def _copy_synced(src: str, dst: str) -> None:
         os.close(fd)
 
 
-def _copy_tree(src: Path, dest: Path) -> None:
-    """Copy the whole folder ``src`` (subfolders included) into a new ``dest`` durably: every
-    file and folder fsynced in a staging folder beside ``dest``, then renamed to ``dest``."""
+def _copy_tree(src: Path, dest: Path, suffix: str = "") -> None:
+    """Copy the folder ``src`` (subfolders included; with ``suffix``, only its files whose names
+    end so) into a new ``dest`` durably: every file and folder fsynced in a staging folder
+    beside ``dest``, then renamed to ``dest``. Modes are kept (spool and job files are 0600)."""
     dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     staging = dest.with_name(f".{dest.name}.copying")
     shutil.rmtree(staging, ignore_errors=True)  # left by a crash during an earlier copy
     try:
-        shutil.copytree(src, staging, copy_function=_copy_synced)
+        def skipped(folder: str, names: list[str]) -> list[str]:
+            return [n for n in names if suffix and not n.endswith(suffix)]
+
+        shutil.copytree(src, staging, ignore=skipped, copy_function=_copy_synced)
         for folder, _, _ in os.walk(staging, topdown=False):
             fsync_dir(Path(folder))
         os.rename(staging, dest)
