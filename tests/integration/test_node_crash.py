@@ -90,18 +90,23 @@ def test_kill9_mid_stream_then_restart(tmp_path: Path) -> None:
         send_all(cfg.scp.port, study, acked)  # the sender retries what was not acknowledged
         assert len(acked) == 200
         store = JobStore(cfg.node.state_dir / "jobs.sqlite")
+        # The 2 s quiet period may pass while a loaded machine stalls the sender (seen in CI),
+        # so the study can arrive as several batches, each its own job: what must hold is
+        # that every acknowledged instance is in exactly one job, whatever the batching.
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             jobs = store.list()
-            if jobs and all(j.state == "done" for j in jobs):
+            if sum(len(j.files) for j in jobs) >= 200 and all(j.state == "done" for j in jobs):
                 break
             time.sleep(0.2)
         jobs = store.list()
-        assert len(jobs) == 1, [(j.id, j.state, len(j.files)) for j in jobs]
-        assert jobs[0].state == "done"
-        assert len(jobs[0].files) == 200
-        # every instance file is in the job folder (beside it: the pipeline's step records)
-        assert sorted(p.name for p in jobs[0].dir.glob("*.dcm")) == list(jobs[0].files)
+        assert jobs and all(j.state == "done" for j in jobs), [(j.id, j.state) for j in jobs]
+        names = [name for j in jobs for name in j.files]
+        assert len(names) == 200, [(j.id, len(j.files)) for j in jobs]
+        assert len(set(names)) == 200  # no instance in two jobs
+        assert {j.study for j in jobs} == {jobs[0].study}
+        for j in jobs:  # every instance file is in its job folder (beside: step records)
+            assert sorted(p.name for p in j.dir.glob("*.dcm")) == list(j.files)
         store.close()
     finally:
         t0 = time.monotonic()
