@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pydicom
 import pytest
 import yaml
@@ -230,8 +231,18 @@ def _capture(caplog: pytest.LogCaptureFixture) -> None:
 
 
 def _warm(node: Node) -> None:
-    """Manifest, CKKS keys and the public context uploaded: inference is the next request."""
-    node.backends("v").prepare(MODEL)
+    """Manifest, CKKS keys and the public context uploaded: inference is the next request.
+
+    The upload runs under a generous timeout: the cases test the inference POST, and the 52 MB
+    context upload can take longer than the stalled-vendor case's 1 s on a loaded machine (seen
+    in a run beside other work: ReadTimeout, then 503 busy while the first upload finished)."""
+    http = node.backends("v").client._http  # type: ignore[attr-defined]
+    short = http.timeout
+    http.timeout = httpx.Timeout(60.0)
+    try:
+        node.backends("v").prepare(MODEL)
+    finally:
+        http.timeout = short
 
 
 def test_vendor_killed_before_the_request_job_retried_then_done_after_restart(
