@@ -13,7 +13,9 @@ taken:
   (counted from accept to the end of the association thread); one more is closed at accept;
 - a connection that has not delivered its whole A-ASSOCIATE-RQ (TLS handshake included)
   ``scp.acse_timeout`` seconds after accept is shut down by one watchdog thread, whatever
-  pynetdicom's reader is blocked in.
+  pynetdicom's reader is blocked in;
+- a peer that closes before its A-ASSOCIATE-RQ (a load balancer's TCP health probe) frees its
+  slot at once: pynetdicom's acceptor thread would otherwise wait out the ACSE timeout.
 
 Every refusal logs one line naming the IP (not PHI), rate-limited per address so a flood does not
 flood the log. TLS is wrapped in the connection's own thread, never in the accept loop, so a
@@ -161,6 +163,16 @@ class AcceptGuard:
         with self._lock:
             ticket.requested = True
 
+    def closed_by_peer(self, ticket: _Ticket) -> bool:
+        """The peer closed the connection. Before its A-ASSOCIATE-RQ (a health probe's connect +
+        close, a port scan) the ticket is released now, not at the ACSE deadline, and the
+        watchdog has nothing to report; returns whether it was before the RQ."""
+        with self._lock:
+            early = not ticket.requested
+        if early:
+            self.release(ticket)
+        return early
+
     def release(self, ticket: _Ticket) -> None:
         """The connection is over (idempotent)."""
         with self._lock:
@@ -233,8 +245,16 @@ class _GuardedRequestHandler(RequestHandler):
             finally:
                 guard.release(ticket)
 
+        def conn_closed(event: Any) -> None:
+            # pynetdicom's acceptor thread would wait out the whole ACSE timeout for an RQ
+            # that can no longer come (FSM AA-5 stops the reader without telling it): wake it
+            # as the timeout would, so the association thread (and its slot) ends now
+            if guard.closed_by_peer(ticket):
+                assoc.dul.to_user_queue.put(None)
+
         assoc.run = run_then_release  # type: ignore[method-assign]
         assoc.bind(evt.EVT_REQUESTED, lambda event: guard.requested(ticket))
+        assoc.bind(evt.EVT_CONN_CLOSE, conn_closed)
         evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
         assoc.start()
         server._local.started = True

@@ -173,3 +173,32 @@ def test_stalled_allowed_socket_is_dropped_after_acse_timeout(
         assert echo_status(srv.port) == 0  # the address's slots are free again
         assert rejected == []
         assert any("no A-ASSOCIATE-RQ within" in m for m in caplog.messages)
+
+
+def test_peer_closing_before_any_byte_frees_its_slot_at_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A TCP connect + close (a load-balancer health probe, ``wait_for_port``) releases its slot
+    as soon as the peer closes, and is not logged as a peer that stalled its A-ASSOCIATE-RQ
+    (the slot used to stay held, and the line logged, until ``scp.acse_timeout``)."""
+    rejected: list[int] = []
+    with caplog.at_level(logging.DEBUG, logger="scp"), scp(
+        tmp_path, rejected, acse_timeout=2.0, max_associations_per_address=1
+    ) as srv:
+        guard = srv.accept_guard
+        assert guard is not None
+        for _ in range(3):  # probe, then a real association at once, three times over
+            socket.create_connection(("127.0.0.1", srv.port), timeout=2).close()
+            t0 = time.monotonic()
+            # the echo may reach the accept loop before the probe's reader saw the EOF (then
+            # it is refused at accept and tried again); without the fix it is refused until
+            # the probe's 2 s ACSE timeout
+            while echo_status(srv.port) != 0:
+                assert time.monotonic() - t0 < 1.0, "the probe's slot is still held"
+                time.sleep(0.02)
+        deadline = time.monotonic() + 1.0
+        while guard.open_from("127.0.0.1") or srv.ae.active_associations:
+            assert time.monotonic() < deadline, "slots still held after the echoes"
+            time.sleep(0.01)
+        time.sleep(2.2)  # past the ACSE deadline of every probe
+        assert not any("no A-ASSOCIATE-RQ" in m for m in caplog.messages), caplog.messages
