@@ -308,6 +308,11 @@ def load_public_key(path: str | Path) -> Ed25519PublicKey:
     """Read a PEM (SubjectPublicKeyInfo) Ed25519 public key."""
     try:
         key = serialization.load_pem_public_key(Path(path).read_bytes())
+    except FileNotFoundError:
+        raise AuditError(
+            f"{path}: no such public key file (the node publishes it beside the ledger when "
+            "it writes the ledger's first entry; or pass --public-key)"
+        ) from None
     except (OSError, ValueError) as exc:
         raise AuditError(f"{path}: cannot read public key ({type(exc).__name__})") from None
     if not isinstance(key, Ed25519PublicKey):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from durable_io import atomic_write
 from node.cli.errors import reported_as
+from node.cli.state import require_vault
 from node.config import load_config
 from node.config.model import NodeConfig
 from node.deid import Deidentifier, DeidKeys, OptionError, parse_options
@@ -109,6 +110,7 @@ def _deid(args: argparse.Namespace) -> int:
 
 def _open_vault(args: argparse.Namespace) -> IdentifierVault:
     cfg = load_config(args.config)
+    require_vault(cfg)
     return IdentifierVault.open(cfg.node.state_dir, cfg.node.keys)
 
 
@@ -124,6 +126,7 @@ def _purge(args: argparse.Namespace) -> int:
 
 def _rotate(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
+    require_vault(cfg)
     new_key = load_or_create_secret(args.new_key)
     with IdentifierVault.open(cfg.node.state_dir, cfg.node.keys) as vault:
         n = vault.rotate_key(new_key)
