@@ -21,8 +21,8 @@ The wording lives with the step; the codes and the printing live here.
 * ``echo``: a failed association is the probe's verdict (``FAILED (...)`` on stdout, exit 1),
   printed like a non-success C-ECHO status.
 * ``rules test``: a file that is not DICOM is reported and skipped, the others are still
-  evaluated (per-file continue-on-error); only the exception's type is shown, as its text can
-  quote file content.
+  grouped by study and evaluated (exit 0 if any study was, 1 if none); only the exception's
+  type is shown, as its text can quote file content.
 * ``audit export --since`` and ``rules test --at``: bad argument text exits through
   ``SystemExit(2)`` as argparse itself does for bad arguments.
 * ``try``/``finally`` (no ``except``) closes the job store and the vendor backends.
