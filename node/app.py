@@ -201,7 +201,7 @@ def build_node(cfg: NodeConfig) -> Node:
     rule, nothing matches and the study is left alone)."""
     keys = cfg.node.keys
     metrics = NodeMetrics()
-    audit = open_ledger(cfg)
+    audit = open_ledger(cfg, metrics.registry)
     vault = IdentifierVault.open(cfg.node.state_dir, keys)
     vendors = VendorBackends(cfg, metrics=metrics)
     state = open_state(cfg)

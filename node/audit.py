@@ -34,11 +34,12 @@ import enum
 import fcntl
 import hashlib
 import json
+import logging
 import math
 import os
 import re
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,8 +48,10 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from prometheus_client import CollectorRegistry
 
 from durable_io import atomic_write
+from node.atna import attach_exporter
 from node.config import NodeConfig
 from node.errors import NodeError
 from node.keys import load_or_create_secret
@@ -63,6 +66,8 @@ from secure_infer import (
     read_last_line,
     signing_input,
 )
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "FORMAT_VERSION",
@@ -308,6 +313,11 @@ def load_public_key(path: str | Path) -> Ed25519PublicKey:
     """Read a PEM (SubjectPublicKeyInfo) Ed25519 public key."""
     try:
         key = serialization.load_pem_public_key(Path(path).read_bytes())
+    except FileNotFoundError:
+        raise AuditError(
+            f"{path}: no such public key file (the node publishes it beside the ledger when "
+            "it writes the ledger's first entry; or pass --public-key)"
+        ) from None
     except (OSError, ValueError) as exc:
         raise AuditError(f"{path}: cannot read public key ({type(exc).__name__})") from None
     if not isinstance(key, Ed25519PublicKey):
@@ -410,6 +420,7 @@ class AuditLedger:
         self._key = private_key
         self._fsync = fsync
         self._lock = threading.Lock()
+        self._listeners: list[Callable[[AuditEntry], None]] = []
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
         if self.anchor is not None:
             self.anchor.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -482,7 +493,17 @@ class AuditLedger:
         with self._locked() as fd:
             tip, counter = self._last(fd)
             entry = self._write(fd, tip, counter, stamp, kind, plain)
+        for listener in self._listeners:
+            try:
+                listener(entry)
+            except Exception:  # an exporter must never fail the step that audited
+                log.exception("audit listener failed for entry seq %d", entry.seq)
         return entry
+
+    def add_listener(self, listener: Callable[[AuditEntry], None]) -> None:
+        """Call ``listener(entry)`` after each append, once the entry is durable (the ATNA
+        export, :mod:`node.atna`); it must not block, and its errors are logged, not raised."""
+        self._listeners.append(listener)
 
     def _last(self, fd: int) -> tuple[ChainHead, int]:
         """The head to append after and the newest head counter (under the lock).
@@ -566,12 +587,16 @@ class AuditLedger:
         return entry
 
 
-def open_ledger(cfg: NodeConfig) -> AuditLedger | None:
-    """The ledger configured under ``audit:`` (``None`` when ``audit.enabled`` is false)."""
+def open_ledger(cfg: NodeConfig, registry: CollectorRegistry | None = None) -> AuditLedger | None:
+    """The ledger configured under ``audit:`` (``None`` when ``audit.enabled`` is false); with
+    ``audit.atna.destinations`` its entries are also exported as ATNA messages (their counter
+    registered in ``registry``, the node's metrics)."""
     if not cfg.audit.enabled:
         return None
-    return AuditLedger.open(cfg.audit_ledger, cfg.audit_key_file, fsync=cfg.audit.fsync,
-                            anchor=cfg.audit_anchor)
+    ledger = AuditLedger.open(cfg.audit_ledger, cfg.audit_key_file, fsync=cfg.audit.fsync,
+                              anchor=cfg.audit_anchor)
+    attach_exporter(ledger, cfg.audit.atna, cfg.node.name, registry)
+    return ledger
 
 
 def public_key_path(ledger: Path) -> Path:

@@ -114,6 +114,9 @@ class JobStore:
 
     def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # SQLite creates the file (and its -wal/-shm, which copy its mode) under the umask:
+        # 0644 for a file that holds study pseudonyms and job errors. Made 0600 first.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         self.path = path
         self.clock = clock
         self._lock = threading.Lock()

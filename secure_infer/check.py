@@ -4,7 +4,17 @@ compare (``blindread model check`` is an alias).
 Plays both parties in one process so a vendor (or a hospital evaluating a vendor model) can see,
 before anything is deployed, whether the model compiles to an HE plan, which CKKS parameters it
 gets, how long each step takes, and how far the encrypted outputs are from onnxruntime's.
-Exit codes: 0 within tolerance, 1 outside it, 2 unsupported model or bad input.
+Exit codes: 0 within tolerance, 1 outside it, 2 unsupported model, bad input, or a
+meaningless comparison.
+
+Inputs come from the model's declared input distribution, not from uniform noise: uniform noise
+over the input range drives a trained model's logits far outside anything it was trained on
+(the demo's reach 140-470), every sigmoid saturates at 1.0 on both sides and "agreement" means
+nothing. With ``--manifest`` the samples are synthetic phantoms (secure_infer.demo) put through
+the manifest's public preprocessing, as the node does with real images; ``--input-npy`` gives
+real preprocessed inputs. Whatever the inputs, when most outputs after the final activation are
+saturated the check says it is meaningless and exits 2. onnxruntime is run one image at a time,
+so a model exported with a fixed batch dimension of 1 is checked like any other.
 
 The one module that plays both parties, so it lives at the top of secure_infer (it may import
 ``hospital`` and ``vendor``; neither of them imports the other). Both imports are deferred to
@@ -17,9 +27,11 @@ import argparse
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from secure_infer.errors import InferenceError
 from secure_infer.manifest import (
@@ -99,10 +111,19 @@ def run_model_check(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             print(f"cannot use {args.input_npy}: {exc}", file=sys.stderr)
             return 2
+        source = f"{x.shape[0]} input(s) from {args.input_npy}"
     else:
-        lo, hi = vendor.manifest.input.range
-        x = np.random.default_rng(args.seed).uniform(lo, hi, size=(args.samples, *shape))
+        if args.samples < 1:
+            print("--samples must be >= 1", file=sys.stderr)
+            return 2
+        x, source = _sample_inputs(manifest, vendor.manifest, shape, args.samples, args.seed)
     n = x.shape[0]
+    try:
+        ref = _onnxruntime(args.model, x)
+    except Exception as exc:  # onnxruntime raises its own untyped errors
+        print(f"onnxruntime cannot run {args.model}: {type(exc).__name__}: "
+              f"{str(exc).splitlines()[0] if str(exc) else ''}", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="blindread-check-") as keys:
         t0 = time.perf_counter()
         hospital = HospitalSession.create(spec, Path(keys))
@@ -114,7 +135,8 @@ def run_model_check(args: argparse.Namespace) -> int:
         t_enc = time.perf_counter() - t0
         t0 = time.perf_counter()
         outs: list[bytes] = []
-        for i in range(0, len(cts), spec.max_ciphertexts):
+        for i in tqdm(range(0, len(cts), spec.max_ciphertexts), desc="evaluate", unit="request",
+                      disable=None, file=sys.stderr):
             outs += vendor.evaluate(ctx, cts[i : i + spec.max_ciphertexts])
         t_eval = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -122,7 +144,6 @@ def run_model_check(args: argparse.Namespace) -> int:
         t_dec = time.perf_counter() - t0
     got = apply_activations(logits, spec.activations)
     clear = apply_activations(plan.forward_clear(plan.packing.pack(x)), spec.activations)
-    ref = _onnxruntime(args.model, x)
     err_he = float(np.max(np.abs(got - clear)))
     err = float(np.max(np.abs(got - ref)))
     thresholds = np.array([o.threshold for o in sorted(vendor.manifest.outputs,
@@ -144,12 +165,68 @@ def run_model_check(args: argparse.Namespace) -> int:
     print(f"timings      compile {t_compile:.2f}s keys {t_keys:.2f}s encrypt {t_enc:.3f}s "
           f"evaluate {t_eval:.3f}s decrypt {t_dec:.3f}s ({n} inputs, "
           f"{(t_enc + t_eval + t_dec) / n * 1e3:.0f} ms/image)", file=out)
+    print(f"inputs       {source}", file=out)
     print(f"error        max |HE - onnxruntime| = {err:.3g} (HE vs plan in clear {err_he:.3g}); "
           f"decisions agree on {agree * 100:.1f}%", file=out)
+    saturated = _saturated_fraction(ref, spec.activations)
+    if saturated >= _MEANINGLESS:
+        print(f"result       MEANINGLESS: {saturated * 100:.0f}% of the reference outputs are "
+              "saturated at 0 or 1 after the final activation, so any two models agree on "
+              "them; check with inputs from the model's own distribution (--manifest with its "
+              "preprocessing, or --input-npy with preprocessed images)", file=out)
+        return 2
     ok = err <= args.tolerance
     print(f"result       {'OK' if ok else 'OUTSIDE TOLERANCE'} (tolerance {args.tolerance:g})",
           file=out)
     return 0 if ok else 1
+
+
+_MEANINGLESS = 0.9
+"""Share of saturated outputs from which a comparison says nothing."""
+
+
+def _saturated_fraction(ref: np.ndarray, activations: Sequence[str]) -> float:
+    """Share of (sample, output) values within 1e-6 of 0 or 1, among outputs with a sigmoid or
+    softmax (raw logits never saturate); 0 when there are none."""
+    cols = [
+        i for i, a in enumerate(activations) if a in ("sigmoid", "softmax") and i < ref.shape[1]
+    ]
+    if not cols:
+        return 0.0
+    v = ref[:, cols]
+    return float(np.mean((v <= 1e-6) | (v >= 1.0 - 1e-6)))
+
+
+def _sample_inputs(
+    given: Manifest | None, manifest: Manifest, shape: tuple[int, ...], n: int, seed: int
+) -> tuple[np.ndarray, str]:
+    """``n`` inputs from the model's declared distribution, and how they were made.
+
+    With a manifest: synthetic chest phantoms (half with a lesion) rendered as 12-bit DICOM-like
+    pixels and put through the manifest's public preprocessing, the path of a real image. With
+    no manifest nothing is known of the distribution: uniform values over the input range,
+    said so (and the saturation check catches what that does to a trained model).
+    """
+    from secure_infer.demo.phantoms import dicom_like_phantom
+    from secure_infer.hospital.preprocess import preprocess_for_manifest
+
+    _, rows, cols = manifest.input.shape
+    lo, hi = manifest.input.range
+    if given is None or (manifest.preprocessing.resize is None and rows != cols):
+        x = np.random.default_rng(seed).uniform(lo, hi, size=(n, *shape))
+        why = "no --manifest" if given is None else "non-square input without a resize"
+        return x, (f"{n} uniform random input(s) on [{lo:g}, {hi:g}] ({why}: not the model's "
+                   "input distribution)")
+    size = rows if manifest.preprocessing.resize is None else 256
+    images = []
+    for i in range(n):
+        px = dicom_like_phantom(seed * 1000 + i, lesion=i % 2 == 1, size=size)
+        images.append(preprocess_for_manifest(
+            px.pixels, manifest, rescale_slope=px.rescale_slope,
+            rescale_intercept=px.rescale_intercept, photometric=px.photometric,
+        ))
+    x = np.stack(images).astype(np.float64).reshape(n, *shape)
+    return x, f"{n} synthetic phantom(s) through the manifest's preprocessing"
 
 
 def _onnxruntime(model: Path, x: np.ndarray) -> np.ndarray:
@@ -158,6 +235,9 @@ def _onnxruntime(model: Path, x: np.ndarray) -> np.ndarray:
     sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     shape = sess.get_inputs()[0].shape
-    xin = x.reshape(x.shape[0], -1) if len(shape) == 2 else x
-    y = sess.run(None, {name: xin.astype(np.float32)})[0]
-    return np.asarray(y, dtype=np.float64).reshape(x.shape[0], -1)
+    rows = []
+    for xi in x:  # one image at a time: a fixed batch dimension of 1 is common in exports
+        xin = xi.reshape(1, -1) if len(shape) == 2 else xi[None]
+        y = sess.run(None, {name: xin.astype(np.float32)})[0]
+        rows.append(np.asarray(y, dtype=np.float64).reshape(-1))
+    return np.stack(rows)

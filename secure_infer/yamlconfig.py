@@ -18,10 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from types import UnionType
+from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_core import ErrorDetails
 
 __all__ = [
@@ -46,9 +47,37 @@ ProblemsError = Callable[[str, list[str]], Exception]
 
 
 class FrozenModel(BaseModel):
-    """Immutable config object; unknown keys are errors."""
+    """Immutable config object; unknown keys are errors; numbers and booleans are strict.
+
+    pydantic's lax mode reads YAML's ``yes`` (a boolean) as the integer 1 and the integer 1 or
+    the string ``"on"`` as ``True``: ``max_attempts: yes`` would become one attempt without a
+    word. :meth:`_strict_scalars` refuses a boolean where a number is expected and anything but a
+    boolean where a boolean is expected (a number may still be given for a float).
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strict_scalars(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        if field is None:
+            return value
+        kinds = _scalar_kinds(field.annotation)
+        if bool in kinds and int not in kinds and float not in kinds:
+            if not isinstance(value, bool) and value is not None:
+                raise ValueError("must be true or false")
+        elif (int in kinds or float in kinds) and bool not in kinds and isinstance(value, bool):
+            raise ValueError(
+                "must be a number, not a boolean (YAML reads yes/no/on/off as booleans)"
+            )
+        return value
+
+
+def _scalar_kinds(annotation: Any) -> set[type]:
+    """The scalar types among ``annotation`` and the members of its union (``int | None``)."""
+    args = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (annotation,)
+    return {a for a in args if a in (bool, int, float)}
 
 
 Port = Annotated[int, Field(ge=1, le=65535)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -53,9 +54,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code: int = args.handler(args)
+        sys.stdout.flush()  # a closed pipe is found here, not at interpreter exit
     except CAUGHT as exc:
+        if isinstance(exc, BrokenPipeError):
+            _silence_stdout()
         return report(exc)
     return code
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so Python's final flush of what is still buffered for a
+    closed pipe does not print ``Exception ignored ... BrokenPipeError`` (Python's docs,
+    "Note on SIGPIPE")."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):  # pytest's capture: no real descriptor
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 if __name__ == "__main__":  # pragma: no cover

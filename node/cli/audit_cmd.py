@@ -19,7 +19,7 @@ from node.audit import (
     public_key_path,
     verify_ledger,
 )
-from node.cli.errors import reported_as
+from node.cli.errors import CommandError, reported_as
 from node.config import load_config
 
 __all__ = ["register"]
@@ -69,11 +69,21 @@ def _ledger_and_key(args: argparse.Namespace) -> tuple[Path, Path, Path | None]:
 
 def _verify(args: argparse.Namespace) -> int:
     ledger, key_path, anchor = _ledger_and_key(args)
+    _require_ledger(ledger)
     key = load_public_key(key_path)  # AuditError -> "error: ...", exit 1 (node.cli.errors)
     report = verify_ledger(ledger, key, anchor=anchor)
     print(f"{ledger}: {report.describe()}")
     print(f"public key {key_path}: {key_fingerprint(key)}")
     return 0 if report.ok else 1
+
+
+def _require_ledger(ledger: Path) -> None:
+    """A ledger that was never written is not a failed verification: say so, exit 1."""
+    if not ledger.exists():
+        raise CommandError(
+            f"no audit ledger at {ledger} yet: the node writes it at its first audited event "
+            "(a study received with audit.enabled); nothing to verify or export"
+        )
 
 
 def _parse_since(text: str) -> datetime:
@@ -88,6 +98,7 @@ def _parse_since(text: str) -> datetime:
 def _export(args: argparse.Namespace) -> int:
     ledger, key_path, anchor = _ledger_and_key(args)
     since = _parse_since(args.since)
+    _require_ledger(ledger)
     with reported_as("error", OSError):  # AuditError -> "error: ...", exit 1 (node.cli.errors)
         if not args.no_verify:
             report = verify_ledger(ledger, load_public_key(key_path), anchor=anchor)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from durable_io import atomic_write
 from node.cli.errors import reported_as
+from node.cli.state import require_vault
 from node.config import load_config
 from node.config.model import NodeConfig
 from node.deid import Deidentifier, DeidKeys, OptionError, parse_options
@@ -90,7 +91,13 @@ def _deid(args: argparse.Namespace) -> int:
     deid = Deidentifier(
         options, keys, burned_in=cfg.deid.burned_in.to_policy(), safe_private=cfg.deid.allow_list()
     )
-    summary = deidentify_tree(args.in_dir, args.out_dir, deid, fsync=not args.no_fsync)
+    summary = deidentify_tree(
+        args.in_dir,
+        args.out_dir,
+        deid,
+        fsync=not args.no_fsync,
+        exclude=() if args.map_out is None else (args.map_out,),
+    )
     if args.map_out is not None:
         args.map_out.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_mapping_csv(args.map_out / "uid_mapping.csv", summary.uid_map)
@@ -102,13 +109,18 @@ def _deid(args: argparse.Namespace) -> int:
         atomic_write(args.map_out / "skipped.csv", buf.getvalue().encode("utf-8"), mode=0o600)
     print(
         f"deid: files={summary.files} written={summary.written} blocked={summary.blocked} "
-        f"skipped={summary.skipped} errors={summary.errors} options={','.join(options.names())}"
+        f"skipped={summary.skipped} errors={summary.errors} truncated={summary.truncated} "
+        f"options={','.join(options.names())}"
     )
-    return 1 if summary.errors else 0
+    if summary.truncated:
+        print(f"deid: {summary.truncated} truncated input file(s) not written (see skipped.csv "
+              "with --map-out)", file=sys.stderr)
+    return 1 if summary.errors or summary.truncated else 0
 
 
 def _open_vault(args: argparse.Namespace) -> IdentifierVault:
     cfg = load_config(args.config)
+    require_vault(cfg)
     return IdentifierVault.open(cfg.node.state_dir, cfg.node.keys)
 
 
@@ -124,6 +136,7 @@ def _purge(args: argparse.Namespace) -> int:
 
 def _rotate(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
+    require_vault(cfg)
     new_key = load_or_create_secret(args.new_key)
     with IdentifierVault.open(cfg.node.state_dir, cfg.node.keys) as vault:
         n = vault.rotate_key(new_key)

@@ -6,7 +6,7 @@ problem); when it raises, :func:`node.cli.main` catches every type named in :dat
 its exit code. Unmapped errors are bugs and keep their traceback.
 
 Exit codes: 0 success, 1 the operation failed, 2 bad usage, config or input (the admin must fix
-something), 130 interrupted (Ctrl-C).
+something), 130 interrupted (Ctrl-C), 141 the reader of stdout went away (``| head``).
 
 Where the same error type means different things at different steps of a command (an
 ``OSError`` reading the ``--uid-key-file`` is bad input, 2; one writing the report is a failed
@@ -21,8 +21,8 @@ The wording lives with the step; the codes and the printing live here.
 * ``echo``: a failed association is the probe's verdict (``FAILED (...)`` on stdout, exit 1),
   printed like a non-success C-ECHO status.
 * ``rules test``: a file that is not DICOM is reported and skipped, the others are still
-  evaluated (per-file continue-on-error); only the exception's type is shown, as its text can
-  quote file content.
+  grouped by study and evaluated (exit 0 if any study was, 1 if none); only the exception's
+  type is shown, as its text can quote file content.
 * ``audit export --since`` and ``rules test --at``: bad argument text exits through
   ``SystemExit(2)`` as argparse itself does for bad arguments.
 * ``try``/``finally`` (no ``except``) closes the job store and the vendor backends.
@@ -89,6 +89,9 @@ def _sr_problems(exc: BaseException) -> str:
 
 EXITS: Mapping[type[BaseException], Exit] = {
     KeyboardInterrupt: Exit(130, None),
+    # stdout closed by the reader (``sr show --json | head``): nothing to say, 128 + SIGPIPE
+    # as a shell reports a command killed by it (node.cli.main also silences stdout)
+    BrokenPipeError: Exit(141, None),
     CommandUsageError: Exit(2, str),
     CommandError: Exit(1, str),
     ConfigError: Exit(2, _prefixed("config error: ")),

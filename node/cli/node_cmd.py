@@ -7,6 +7,8 @@ import datetime as dt
 import sys
 
 from node.cli.errors import reported_as
+from node.cli.listen import LISTEN_ERRNOS, listen_error
+from node.cli.state import require_jobs_db
 from node.config import load_config
 from node.logsetup import configure_logging
 from node.netsettings import destination_settings
@@ -52,7 +54,12 @@ def _run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     configure_logging(cfg.node.log_level)
-    build_node(cfg).run_forever()
+    try:
+        build_node(cfg).run_forever()
+    except OSError as exc:
+        if exc.errno not in LISTEN_ERRNOS:
+            raise
+        raise listen_error(cfg, exc) from None
     return 0
 
 
@@ -80,7 +87,9 @@ def _fmt_time(t: float) -> str:
 def _jobs_list(args: argparse.Namespace) -> int:
     from node.app import open_jobs
 
-    store, _ = open_jobs(load_config(args.config))
+    cfg = load_config(args.config)
+    require_jobs_db(cfg)
+    store, _ = open_jobs(cfg)
     jobs = store.list(args.state)
     print(
         f"{'ID':>5}  {'STATE':<9} {'STUDY':<20} {'FILES':>5} {'TRIES':>5}  "
@@ -102,7 +111,9 @@ def _jobs_purge(args: argparse.Namespace) -> int:
     if args.older_than <= 0:
         print("--older-than must be > 0 days", file=sys.stderr)
         return 2
-    store, intake = open_jobs(load_config(args.config))
+    cfg = load_config(args.config)
+    require_jobs_db(cfg)
+    store, intake = open_jobs(cfg)
     try:
         n = intake.purge_done(args.older_than * 86400.0)
     finally:
@@ -114,7 +125,9 @@ def _jobs_purge(args: argparse.Namespace) -> int:
 def _jobs_retry(args: argparse.Namespace) -> int:
     from node.app import open_jobs
 
-    store, intake = open_jobs(load_config(args.config))
+    cfg = load_config(args.config)
+    require_jobs_db(cfg)
+    store, intake = open_jobs(cfg)
     try:
         job = intake.retry(args.id)
         if job is None:

@@ -2,7 +2,9 @@
 
 ``build`` makes the result SR (and, with ``--sc``, the summary image) from a manifest, an outputs
 JSON file (format in docs/sr.md) and a folder with the original images; ``show`` prints the
-findings of a result SR. Exit codes: 0 done, 1 the inputs cannot make an SR or a file is
+findings of a result SR. Outputs given to ``build`` by hand are never said to be computed under
+encryption: the SR says they were not (only the node's job, which decrypted them, writes the
+encryption statement). Exit codes: 0 done, 1 the inputs cannot make an SR or a file is
 unreadable, 2 bad usage or config.
 """
 
@@ -109,9 +111,12 @@ def _build(args: argparse.Namespace) -> int:
             uid_key=key,
             settings=settings,
             algorithm_parameters=params or None,
+            encrypted=False,  # hand-fed outputs: nothing shows they were computed encrypted
         )
         sc = (
-            build_summary_sc(manifest, outputs, sources, uid_key=key, settings=settings)
+            build_summary_sc(
+                manifest, outputs, sources, uid_key=key, settings=settings, encrypted=False
+            )
             if args.sc
             else None
         )
@@ -121,6 +126,8 @@ def _build(args: argparse.Namespace) -> int:
     if skipped:
         msg += f" ({skipped} non-image file(s) skipped)"
     print(msg)
+    print("computed under encryption: no (outputs given by hand; the node's jobs write the SRs "
+          "of encrypted runs)")
     if sc is not None:
         write_dataset_atomic(sc, args.sc)
         print(f"wrote {args.sc}: summary image")

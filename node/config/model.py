@@ -136,7 +136,7 @@ def _device(path: Path) -> tuple[Path, int]:
     while True:
         try:
             return p, os.stat(p).st_dev
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             if p.parent == p:
                 raise
             p = p.parent

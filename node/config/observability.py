@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from node.config.atna import AtnaSection
 from node.config.base import FrozenModel, Port
 
 __all__ = ["AuditSection", "MetricsSection"]
@@ -24,6 +25,9 @@ class AuditSection(FrozenModel):
         default=None,
         description="where the signed head is anchored, outside the ledger's directory"
         " (<anchor_dir>/<ledger file name>.anchor); default: <key_dir>, next to the signing key",
+    )
+    atna: AtnaSection = Field(
+        default=AtnaSection(), description="ATNA export over syslog (docs/atna.md); off by default"
     )
 
 

@@ -286,13 +286,20 @@ class InferAction(FrozenModel):
     # 'vendor' is declared before 'model' so the model check can see the validated vendor.
     vendor: str
     model: str
-    destinations: tuple[Annotated[str, AfterValidator(_check_destination)], ...] = Field(
-        min_length=1
-    )
+    # non-empty is checked after the items (not min_length, which pydantic also reports when an
+    # item failed: "Tuple should have at least 1 item after validation, not 0")
+    destinations: tuple[Annotated[str, AfterValidator(_check_destination)], ...]
     sr: SrOptions = SrOptions()
     series_filter: Condition | None = Field(
         default=None, description="only series/instances matching this go to the model"
     )
+
+    @field_validator("destinations")
+    @classmethod
+    def _some_destination(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("must name at least one destination")
+        return value
 
     @field_validator("vendor")
     @classmethod

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Network, IPv6Network
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from node.config.base import AETitle, FrozenModel, Port
 
@@ -16,6 +17,34 @@ __all__ = [
     "SenderSection",
     "TlsSection",
 ]
+
+
+def _network(value: Any) -> Any:
+    """A CIDR string parsed once, strictly, with :func:`ipaddress.ip_network`'s own message.
+
+    Left to pydantic, a bad value is tried as IPv4 and as IPv6 and reported twice, and
+    ``10.20.0.1/16`` only "is not a valid network": here it is one line saying its host bits
+    are set (the admin meant ``10.20.0.0/16``, or ``10.20.0.1/32`` for one address).
+    """
+    if not isinstance(value, str):
+        return value
+    try:
+        return ip_network(value.strip(), strict=True)
+    except ValueError as exc:
+        text = str(exc)
+        if "host bits set" in text:
+            net = ip_network(value.strip(), strict=False)
+            raise ValueError(
+                f"{value!r} has host bits set: write the network {net} (or /{net.max_prefixlen}"
+                " for one address)"
+            ) from None
+        raise ValueError(
+            f"{value!r} is not an IPv4 or IPv6 network in CIDR notation (e.g. 10.20.0.0/16)"
+        ) from None
+
+
+Network = Annotated[IPv4Network | IPv6Network, BeforeValidator(_network)]
+"""An IPv4 or IPv6 network, given as CIDR text (host bits must be zero)."""
 
 
 class TlsSection(FrozenModel):
@@ -38,7 +67,7 @@ class ScpSection(FrozenModel):
     allowed_calling_ae_titles: tuple[AETitle, ...] = Field(
         default=(), description="empty = any calling AE title"
     )
-    allowed_networks: tuple[IPv4Network | IPv6Network, ...] = Field(
+    allowed_networks: tuple[Network, ...] = Field(
         default=(IPv4Network("127.0.0.0/8"), IPv6Network("::1/128"))
     )
     spool_dir: Path | None = Field(default=None, description="default: <node.state_dir>/spool")

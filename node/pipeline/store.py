@@ -95,5 +95,5 @@ class StepStore:
         """Store ``result`` durably and return it."""
         text = json.dumps(dataclasses.asdict(result), sort_keys=True)
         name = self.name(type(result), scope, detail)
-        atomic_write(self.path(name), text.encode("utf-8"), mode=0o666)
+        atomic_write(self.path(name), text.encode("utf-8"), mode=0o600)
         return result

@@ -201,6 +201,7 @@ def _group(
     per_image: _Image | None,
     uids: ResultUids,
     base_params: list[str],
+    encrypted: bool,
 ) -> MeasurementsAndQualitativeEvaluations:
     finding = c.finding_concept(label.finding.scheme, label.finding.value, label.finding.meaning)
     value = round(float(probability), 6)
@@ -223,7 +224,7 @@ def _group(
         ],
         source_images=refs,
     )
-    statements = [c.ENCRYPTION_STATEMENT]
+    statements = [c.ENCRYPTION_STATEMENT if encrypted else c.NOT_ENCRYPTED_STATEMENT]
     if manifest.not_for_primary_diagnosis:
         statements.append(c.NOT_FOR_PRIMARY_DIAGNOSIS)
     for text in statements:
@@ -235,9 +236,13 @@ def _group(
     return group
 
 
-def blindread_equipment(manifest: Manifest) -> hd.ContributingEquipment:
+def blindread_equipment(manifest: Manifest, encrypted: bool = True) -> hd.ContributingEquipment:
     """The Contributing Equipment item naming BlindRead, its version and what it did."""
-    what = "Decrypted result of two-party CKKS encrypted inference"
+    what = (
+        "Decrypted result of two-party CKKS encrypted inference"
+        if encrypted
+        else "Result report of outputs supplied by hand (not computed under encryption)"
+    )
     if manifest.not_for_primary_diagnosis:
         what += "; not for primary diagnosis"
     return hd.ContributingEquipment(
@@ -258,6 +263,7 @@ def build_result_sr(
     settings: SrSection | None = None,
     algorithm_parameters: AlgorithmParameters | None = None,
     earlier_results: Sequence[Dataset] = (),
+    encrypted: bool = True,
 ) -> Comprehensive3DSR:
     """Build the result SR of ``manifest``'s model on the study of ``source_datasets``.
 
@@ -280,6 +286,10 @@ def build_result_sr(
         Result objects already written back for this study (headers suffice): an earlier SR of
         the same study and model version that covers other images makes this SR its amendment
         (predecessor reference, next Instance Number); other objects are ignored.
+    encrypted
+        Whether ``outputs`` are the decrypted result of an encrypted run (the pipeline's job
+        step). ``False`` (``blindread sr build`` on hand-fed outputs) writes that the result was
+        NOT computed under encryption instead of the encryption statement.
 
     Raises
     ------
@@ -311,17 +321,21 @@ def build_result_sr(
         try:
             if label.level == "study":
                 prob = study_probs[label.name]
-                groups.append(_group(manifest, label, prob, images, None, uids, base_params))
+                groups.append(_group(
+                    manifest, label, prob, images, None, uids, base_params, encrypted
+                ))
                 continue
             for img in analysed:
                 prob = image_probs[str(img.ds.SOPInstanceUID)][label.name]
-                groups.append(_group(manifest, label, prob, images, img, uids, base_params))
+                groups.append(_group(
+                    manifest, label, prob, images, img, uids, base_params, encrypted
+                ))
         except (ValueError, TypeError) as exc:
             # highdicom's encoding checks on manifest values (code meaning > 64 chars, ...):
             # public model metadata, safe to quote
             raise SrError(f"manifest outputs.{label.name}: {exc}") from exc
     try:
-        equipment = blindread_equipment(manifest)
+        equipment = blindread_equipment(manifest, encrypted)
     except ValueError as exc:
         raise SrError(f"manifest: {exc}") from exc
 

@@ -13,6 +13,7 @@ __all__ = [
     "ABSENT",
     "COMMENT",
     "ENCRYPTION_STATEMENT",
+    "NOT_ENCRYPTED_STATEMENT",
     "NOT_FOR_PRIMARY_DIAGNOSIS",
     "PRESENT",
     "PROBABILITY",
@@ -31,6 +32,10 @@ PROCEDURE_REPORTED = CodedConcept.from_code(codes.cid100.ImagingProcedure)
 ENCRYPTION_STATEMENT = (
     "Result computed under two-party CKKS homomorphic encryption: the algorithm vendor received "
     "only ciphertexts and never saw the images, identifiers or results in clear."
+)
+NOT_ENCRYPTED_STATEMENT = (
+    "Result NOT computed by BlindRead's encrypted inference: the outputs were supplied to "
+    "'blindread sr build' by hand and nothing shows how they were computed."
 )
 NOT_FOR_PRIMARY_DIAGNOSIS = "Not for primary diagnosis."
 

@@ -48,6 +48,7 @@ def summary_lines(
     source_datasets: Sequence[Dataset],
     settings: SrSection | None = None,
     revision: int = 1,
+    encrypted: bool = True,
 ) -> list[str]:
     """The text lines of the summary image (checked against the manifest like the SR)."""
     settings = settings or SrSection()
@@ -59,7 +60,9 @@ def summary_lines(
     lines += [
         f"Model: {manifest.manufacturer} {manifest.model_name}"
         f" ({manifest.name} {manifest.version})",
-        "Computed under two-party CKKS homomorphic encryption.",
+        "Computed under two-party CKKS homomorphic encryption."
+        if encrypted
+        else "NOT computed under encryption: outputs supplied by hand.",
     ]
     if revision > 1:
         lines.append(
@@ -106,6 +109,7 @@ def build_summary_sc(
     uid_key: bytes,
     settings: SrSection | None = None,
     revision: int = 1,
+    encrypted: bool = True,
 ) -> hd.sc.SCImage:
     """The Secondary Capture summary of the same results as :func:`build_result_sr`.
 
@@ -117,7 +121,7 @@ def build_summary_sc(
     if len(uid_key) < MIN_UID_KEY_BYTES:
         raise SrError(f"uid_key: must be at least {MIN_UID_KEY_BYTES} bytes")
     settings = settings or SrSection()
-    lines = summary_lines(manifest, outputs, source_datasets, settings, revision)
+    lines = summary_lines(manifest, outputs, source_datasets, settings, revision, encrypted)
     sources = order_sources(source_datasets)
     uids = ResultUids(
         uid_key,
@@ -144,7 +148,7 @@ def build_summary_sc(
             instance_number=revision,
             manufacturer=BLINDREAD_MANUFACTURER,
             series_description=settings.sc_series_description,
-            contributing_equipment=[blindread_equipment(manifest)],
+            contributing_equipment=[blindread_equipment(manifest, encrypted)],
             transfer_syntax_uid=ExplicitVRLittleEndian,
         )
     except (AttributeError, ValueError, TypeError) as exc:

@@ -5,6 +5,7 @@ python -m secure_infer.vendor issue-cert ca     --ca-dir DIR [--cn NAME]
 python -m secure_infer.vendor issue-cert server --ca-dir DIR --out DIR [--name HOST ...]
 python -m secure_infer.vendor issue-cert client --ca-dir DIR --out DIR --cn HOSPITAL
 python -m secure_infer.vendor verify-chain FILE
+python -m secure_infer.vendor check-config FILE
 python -m secure_infer.vendor model check MODEL.onnx [--manifest FILE]
 
 Imports nothing of the hospital node (``node``), so a vendor installs and runs only
@@ -63,6 +64,12 @@ def build_parser(prog: str = "python -m secure_infer.vendor") -> argparse.Argume
     cli.add_argument("--days", type=int, default=825)
     cli.add_argument("--force", action="store_true")
     cert.set_defaults(handler=_issue)
+
+    chk = vsub.add_parser(
+        "check-config", help="validate a vendor config; exit 0 if valid, 2 otherwise"
+    )
+    chk.add_argument("file", type=Path, help="vendor config YAML")
+    chk.set_defaults(handler=_check_config)
 
     chain = vsub.add_parser("verify-chain", help="check every link of the vendor's hash chain")
     chain.add_argument("file", type=Path, help="<state_dir>/chain.jsonl")
@@ -144,6 +151,28 @@ def _serve(args: argparse.Namespace) -> int:
     except (InferenceError, ValueError) as exc:  # ManifestError is an InferenceError
         print(f"vendor serve: cannot load a model: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    """The file's own problems, then the files it names that are missing on this machine."""
+    try:
+        cfg = load_vendor_config(args.file)
+    except VendorConfigError as exc:
+        problems = exc.problems
+    else:
+        named = [("tls.cert", cfg.tls.cert), ("tls.key", cfg.tls.key),
+                 ("tls.client_ca", cfg.tls.client_ca)]
+        named += [(f"models[{i}]", m) for i, m in enumerate(cfg.models)]
+        problems = [f"{where}: {p}: no such file" for where, p in named if not p.is_file()]
+        if cfg.models_dir is not None and not cfg.models_dir.is_dir():
+            problems.append(f"models_dir: {cfg.models_dir}: no such directory")
+    if problems:
+        print(f"{args.file}: INVALID ({len(problems)} problem(s))")
+        for line in problems:
+            print(f"  {line}")
+        return 2
+    print(f"{args.file}: OK (vendor peer config, {len(cfg.manifest_paths())} model(s))")
     return 0
 
 

@@ -324,7 +324,7 @@ class _Compiler:
         """Lower one node on the running path with its handler; return the new tensor shape."""
         handler = _CKKS_LOWERING.get(node.op_type)
         if handler is None:
-            raise _unsupported(node)
+            raise _all_unsupported(self.g, node)
         at = _At(
             node,
             _attrs(node),
@@ -386,6 +386,32 @@ _SUPPORTED = (
 def _unsupported(node: onnx.NodeProto) -> CompileError:
     """The error for an op type (or form of one) no handler lowers, with what to do instead."""
     return _err(node, f"unsupported operation; {_UNSUPPORTED_HINTS.get(node.op_type, _SUPPORTED)}")
+
+
+_WALKED = frozenset({"Constant", "Softmax"})
+"""Op types the walk itself handles (not in the lowering table)."""
+
+
+def _all_unsupported(graph: onnx.GraphProto, first: onnx.NodeProto) -> CompileError:
+    """The error for the first op type no handler lowers, naming every other such node of the
+    graph too: an admin fixing a model should not learn of them one compile at a time."""
+    others = [
+        n for n in graph.node
+        if n.op_type not in _CKKS_LOWERING and n.op_type not in _WALKED and n is not first
+    ]
+    if not others:
+        return _unsupported(first)
+    nodes = [first, *others]
+    lines = "; ".join(
+        f"node {n.name or (n.output[0] if n.output else '?')!r} ({n.op_type})" for n in nodes
+    )
+    hints = dict.fromkeys(_UNSUPPORTED_HINTS.get(n.op_type, _SUPPORTED) for n in nodes)
+    name = first.name or (first.output[0] if first.output else "?")
+    return CompileError(
+        f"{len(nodes)} unsupported operations: {lines}; {'; '.join(hints)}",
+        node=name,
+        op_type=first.op_type,
+    )
 
 
 def _lower_identity(c: _Compiler, at: _At) -> _Shape:

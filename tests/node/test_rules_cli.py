@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 PHI = ("Roe^Richard", "Roe", "Richard", "PID-4242", "ACC-990011", "19700101", "St Elsewhere")
 
 
-def write_dicom(path: Path, modality: str, view: str, image_type: list[str]) -> Path:
+def write_dicom(path: Path, modality: str, view: str, image_type: list[str],
+                study_uid: str | None = None) -> Path:
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -26,7 +28,7 @@ def write_dicom(path: Path, modality: str, view: str, image_type: list[str]) -> 
     ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = generate_uid()
+    ds.StudyInstanceUID = study_uid or generate_uid()
     ds.SeriesInstanceUID = generate_uid()
     ds.PatientName = PHI[0]
     ds.PatientID = PHI[3]
@@ -45,8 +47,9 @@ def write_dicom(path: Path, modality: str, view: str, image_type: list[str]) -> 
 @pytest.fixture
 def study(tmp_path: Path) -> Path:
     d = tmp_path / "study"
-    write_dicom(d / "s1" / "frontal.dcm", "DX", "PA", ["ORIGINAL", "PRIMARY"])
-    write_dicom(d / "s2" / "lateral.dcm", "DX", "LL", ["ORIGINAL", "PRIMARY"])
+    cxr = generate_uid()  # frontal and lateral: two series of one chest study
+    write_dicom(d / "s1" / "frontal.dcm", "DX", "PA", ["ORIGINAL", "PRIMARY"], cxr)
+    write_dicom(d / "s2" / "lateral.dcm", "DX", "LL", ["ORIGINAL", "PRIMARY"], cxr)
     write_dicom(d / "s3" / "ct.dcm", "CT", "", ["DERIVED", "SECONDARY"])
     return d
 
@@ -78,15 +81,18 @@ def test_dry_run_on_directory(study: Path, cfg: Path, capsys: pytest.CaptureFixt
                  "--at", "10:00", str(study)])
     out = capsys.readouterr().out
     assert code == 0
-    blocks = {b.split(":\n", 1)[0]: b for b in out.split(str(study))[1:]}
-    frontal = blocks["/s1/frontal.dcm"]
-    assert "rule 'cxr' (routes[1]): MATCH" in frontal
-    assert "PatientName matches <hidden>: yes" in frontal
-    assert "Modality in [CR, DX]: yes (Modality = 'DX')" in frontal
-    assert "this series is included" in frontal and "would do: infer (dry run)" in frontal
-    assert "this series is skipped" in blocks["/s2/lateral.dcm"]
-    assert "would do: nothing" in blocks["/s3/ct.dcm"]
-    assert "3 file(s) evaluated, 0 skipped; nothing was sent" in out
+    # per study (issue #14): the chest study's two series are one study, evaluated once
+    _, chest, ct = re.split(r"^study ", out, flags=re.MULTILINE)
+    assert chest.startswith(f"1 of 2: 2 file(s) in 2 series (rules evaluated on {study}/s1/")
+    assert chest.count("rule 'cxr' (routes[1]): MATCH") == 1
+    assert "PatientName matches <hidden>: yes" in chest
+    assert "Modality in [CR, DX]: yes (Modality = 'DX')" in chest
+    assert "series filter of 'cxr': 1 of 2 file(s) included" in chest
+    assert f"{study}/s1/frontal.dcm: this series is included" in chest
+    assert f"{study}/s2/lateral.dcm: this series is skipped" in chest
+    assert "would do: infer (dry run)" in chest
+    assert ct.startswith("2 of 2: 1 file(s) in 1 series") and "would do: nothing" in ct
+    assert "2 study(ies) (3 file(s)) evaluated, 0 file(s) skipped; nothing was sent" in out
     for secret in PHI:
         assert secret not in out
     # and no raw UIDs other than the (standard) SOP Class UID
@@ -100,7 +106,9 @@ def test_wrong_calling_ae_and_unreadable_file(study: Path, cfg: Path, tmp_path: 
     junk.write_text("Roe^Richard PID-4242")
     code = main(["rules", "test", "--config", str(cfg), str(study / "s1"), str(junk)])
     out = capsys.readouterr().out
-    assert code == 1
+    assert code == 0  # documented: a skipped non-DICOM file is listed, not a failure
+    assert "1 study(ies) (1 file(s)) evaluated, 1 file(s) skipped" in out
+    assert main(["rules", "test", "--config", str(cfg), str(junk)]) == 1  # nothing evaluated
     assert "calling AE equals MODALITY1: no (calling AE unknown)" in out
     assert f"{junk}: not readable as DICOM (InvalidDicomError), skipped" in out
     for secret in PHI:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnx import numpy_helper
 
 from node.cli import main
 from tests.support.modelzoo import build_sequential
@@ -52,3 +53,55 @@ def test_check_unsupported_exit_2(tmp_path: Path) -> None:
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 2
     assert "MaxPool" in proc.stderr and "maxpool1" in proc.stderr
+
+
+# --- issue #14: batch 1 exports, meaningless comparisons, every unsupported op -------------------
+
+
+def test_check_model_with_a_fixed_batch_of_one(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    model = build_sequential((8,), [("flatten",), ("gemm", 2), ("final_sigmoid",)], seed=1)
+    for value in (*model.graph.input, *model.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_value = 1  # type: ignore[attr-defined]
+    path = tmp_path / "b1.onnx"
+    onnx.save(model, path)  # type: ignore[arg-type]
+    assert main(["model", "check", str(path), "--samples", "3"]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and "onnxruntime cannot run" not in captured.err
+    assert "(3 inputs" in captured.out
+
+
+def test_saturated_outputs_make_the_check_meaningless(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # weights x 1000: logits in the hundreds, as uniform noise gives the demo model
+    model = build_sequential((8,), [("flatten",), ("gemm", 2), ("final_sigmoid",)], seed=3)
+    for init in model.graph.initializer:  # type: ignore[attr-defined]
+        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 1000.0, init.name))
+    m = tmp_path / "big.onnx"
+    onnx.save(model, m)  # type: ignore[arg-type]
+    assert main(["model", "check", str(m), "--samples", "3"]) == 2
+    out = capsys.readouterr().out
+    assert "result       MEANINGLESS" in out and "saturated" in out
+    assert "result       OK" not in out
+
+
+def test_demo_model_checked_on_phantoms_not_noise(capsys: pytest.CaptureFixture[str]) -> None:
+    demo = ROOT / "secure_infer" / "models" / "demo-lesion"
+    rc = main(["model", "check", str(demo / "model.onnx"), "--manifest",
+               str(demo / "manifest.yaml"), "--samples", "2"])
+    out = capsys.readouterr().out
+    assert "inputs       2 synthetic phantom(s) through the manifest's preprocessing" in out
+    assert rc == 0 and "result       OK" in out
+
+
+def test_check_names_every_unsupported_op(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    m = _save(tmp_path, [("maxpool", 2), ("maxpool", 2), ("flatten",), ("gemm", 1)],
+              shape=(1, 8, 8))
+    names = [n.name for n in onnx.load(str(m)).graph.node if n.op_type == "MaxPool"]
+    assert len(names) == 2
+    assert main(["model", "check", str(m)]) == 2
+    err = capsys.readouterr().err
+    assert "2 unsupported operations" in err
+    assert all(f"{name!r} (MaxPool)" in err for name in names)
