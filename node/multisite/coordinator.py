@@ -78,6 +78,8 @@ def flwr_bin(name: str) -> str:
 def _flwr_env(home: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["FLWR_HOME"] = str(home)
+    # Flower starts its helpers (flower-superexec, flwr-serverapp/-clientapp) by name
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env.setdefault("PYTHONPATH", "")
     root = str(Path(__file__).resolve().parents[2])  # so flwr-serverapp imports this node
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env["PYTHONPATH"] else "")

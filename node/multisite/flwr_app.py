@@ -133,8 +133,36 @@ def _audit_mod(msg: Message, context: Context, call_next: Any) -> Message:
         from durable_io import atomic_write
 
         atomic_write(site_dir / "contributed.json", json.dumps(entry).encode(), mode=0o600)
+    _count_sent(site_dir, stage, reply)
     _status(site_dir, f"secure aggregation: {stage} sent")
     return reply
+
+
+def _payload_bytes(value: Any) -> int:
+    if isinstance(value, bytes):
+        return len(value)
+    if isinstance(value, str):
+        return len(value.encode())
+    if isinstance(value, list):
+        return sum(_payload_bytes(v) for v in value)
+    return 8
+
+
+def _count_sent(site_dir: Path, stage: str, reply: Message) -> None:
+    """Payload bytes this site sent per stage (record contents; not HTTP/TLS framing), for
+    benchmarks/multisite.py."""
+    from durable_io import atomic_write
+
+    n = 0
+    for record in reply.content.config_records.values():
+        n += sum(_payload_bytes(k) + _payload_bytes(v) for k, v in record.items())
+    path = site_dir / "sent_bytes.json"
+    try:
+        sent: dict[str, int] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        sent = {}
+    sent[stage] = sent.get(stage, 0) + n
+    atomic_write(path, json.dumps(sent).encode(), mode=0o600)
 
 
 client_app = ClientApp(mods=[_audit_mod, secaggplus_mod])  # outermost first

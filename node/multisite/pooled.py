@@ -5,8 +5,8 @@ The conventions are those of :mod:`node.validate.stats` (the local report), on b
 * AUROC is the Mann-Whitney statistic with ties counted 1/2, where two scores in the same
   histogram bin count as tied. It differs from the exact AUROC only through positive/negative
   pairs that share a bin but not a score, by at most half their fraction of all pairs: with
-  :data:`~node.multisite.vector.GRID` = 8192 bins (width 1.2e-4) that stays far below 1e-3 for
-  model outputs that are not piled into a few bins (tests/node/test_multisite_vector.py checks
+  :data:`~node.multisite.vector.GRID` = 8192 bins of width 0.0044 in logit that stays far
+  below 1e-3 for model outputs that are not piled into a few bins (the tests check
   it, also on strongly concentrated scores); :func:`tie_bound` gives the bound for a pool.
 * The CI is the stratified percentile bootstrap of the local report (positives and negatives
   resampled separately, ``numpy.random.default_rng(seed)``), drawn from the pooled histograms
@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from node.multisite.errors import RoundRefusedError
-from node.multisite.vector import GRID, Sums
+from node.multisite.vector import Sums, bin_lower_edge
 from node.validate.stats import BootstrapInterval, CalibrationBin, Confusion, RocCurve
 
 __all__ = ["PooledFigures", "auroc_from_histograms", "pooled_figures", "tie_bound"]
@@ -77,7 +77,7 @@ def _roc(hp: npt.NDArray[np.int64], hn: npt.NDArray[np.int64]) -> RocCurve:
     return RocCurve(
         (0.0, *(float(v) for v in fp)),
         (0.0, *(float(v) for v in tp)),
-        (float("inf"), *(float(b / GRID) for b in occupied)),
+        (float("inf"), *(bin_lower_edge(int(b)) for b in occupied)),
     )
 
 

@@ -95,7 +95,7 @@ def prepare_contribution(
     vector = encode(probs, labels, result.threshold)
     folder = site_dir(cfg)
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    for stale in ("outcome.json", "contributed.json", "status.json"):
+    for stale in ("outcome.json", "contributed.json", "status.json", "sent_bytes.json"):
         (folder / stale).unlink(missing_ok=True)
     info: dict[str, Any] = {
         "site": section.site, "model": result.model, "model_version": result.model_version,

@@ -8,8 +8,11 @@ same length whatever its size, prevalence or scores:
 * ``sites`` = 1 (so the sum says how many contributions it holds);
 * ``positives``, ``negatives``;
 * ``tp, fp, tn, fn`` at the manifest threshold (decision ``p >= threshold``, as the pipeline);
-* a score histogram per class on :data:`GRID` equal bins over [0, 1] (the pooled AUROC and
-  its bootstrap CI are computed from them; :mod:`node.multisite.pooled` bounds the error);
+* a score histogram per class on :data:`GRID` bins equal in *logit* over
+  [-:data:`LOGIT_RANGE`, +:data:`LOGIT_RANGE`] (the pooled AUROC and its bootstrap CI are
+  computed from them; :mod:`node.multisite.pooled` bounds the error). Logit, not probability:
+  sigmoid outputs pile up within 1e-5 of 0 and 1 (the demo model puts all its positives in
+  [0.99998, 1]), where equal probability bins would tie them all;
 * per calibration bin (:data:`CALIBRATION_BINS` equal bins, as ``blindread validate``): count,
   positives and the sum of probabilities;
 * the sum of squared errors (Brier numerator).
@@ -44,16 +47,20 @@ __all__ = [
     "LAYOUT",
     "LENGTH",
     "LIMB_BITS",
+    "LOGIT_RANGE",
     "WIDE_LIMBS",
     "Sums",
+    "bin_lower_edge",
     "check_vector",
     "decode",
     "encode",
+    "score_bin",
     "vector_sha256",
 ]
 
 LAYOUT = "blindread-multisite-v1"
 GRID = 8192
+LOGIT_RANGE = 18.0
 CALIBRATION_BINS = 10
 LIMB_BITS = 20
 ELEMENT_MAX = (1 << LIMB_BITS) - 1
@@ -92,6 +99,25 @@ def grid_index(p: npt.NDArray[np.float64], bins: int) -> I64:
     return np.minimum((np.clip(p, 0.0, 1.0) * bins).astype(np.int64), bins - 1)
 
 
+def score_bin(p: npt.NDArray[np.float64]) -> I64:
+    """Histogram bin of each probability: :data:`GRID` equal bins of the logit over
+    ``[-LOGIT_RANGE, LOGIT_RANGE]`` (outside values in the end bins); monotone in ``p``, so
+    binning only ever turns an ordered pair into a tie."""
+    with np.errstate(divide="ignore"):
+        q = np.clip(p, 0.0, 1.0)
+        logit = np.log(q) - np.log1p(-q)
+    z = (np.clip(logit, -LOGIT_RANGE, LOGIT_RANGE) + LOGIT_RANGE) / (2 * LOGIT_RANGE)
+    return np.minimum((z * GRID).astype(np.int64), GRID - 1)
+
+
+def bin_lower_edge(b: int) -> float:
+    """The probability where histogram bin ``b`` starts (0 for the first)."""
+    if b == 0:
+        return 0.0
+    logit = -LOGIT_RANGE + 2 * LOGIT_RANGE * b / GRID
+    return float(1.0 / (1.0 + np.exp(-logit)))
+
+
 def encode(probabilities: npt.ArrayLike, labels: npt.ArrayLike, threshold: float) -> I64:
     """The site's vector from its probabilities and 0/1 labels (every element in range)."""
     p, y = check_inputs(probabilities, labels)
@@ -106,7 +132,7 @@ def encode(probabilities: npt.ArrayLike, labels: npt.ArrayLike, threshold: float
     d = p >= threshold
     v[_TP], v[_FP] = int((d & y).sum()), int((d & ~y).sum())
     v[_TN], v[_FN] = int((~d & ~y).sum()), int((~d & y).sum())
-    g = grid_index(p, GRID)
+    g = score_bin(p)
     v[_HIST_POS : _HIST_POS + GRID] = np.bincount(g[y], minlength=GRID)
     v[_HIST_NEG : _HIST_NEG + GRID] = np.bincount(g[~y], minlength=GRID)
     pc = np.clip(p, 0.0, 1.0)

@@ -3,6 +3,8 @@ test_multisite.py runs the rounds). Pooled = central within 1e-3, also on concen
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -61,7 +63,7 @@ def test_pooled_equals_central_on_the_union(spread: float) -> None:
 
 def test_binning_error_bound_is_honest_on_piled_scores() -> None:
     """Scores piled into one bin: the binned AUROC is off, but never by more than the bound."""
-    p = np.array([0.5, 0.50001, 0.5, 0.50002, 0.9, 0.1])
+    p = np.array([0.5, 0.500001, 0.5, 0.500002, 0.9, 0.1])
     y = np.array([1, 0, 0, 1, 1, 0])
     sums = decode(encode(p, y, 0.5), 1)
     f = pooled_figures(sums, 0.5, bootstrap=10)
@@ -89,3 +91,34 @@ def test_malformed_vectors_are_refused() -> None:
         check_vector(v.astype(float) + 0.5)
     with pytest.raises(VectorError, match="contribution"):
         decode(v, sites=2)
+
+
+def test_scores_piled_next_to_one_are_still_ordered() -> None:
+    """The demo model's outputs: positives in [0.99998, 1], a flipped negative among them."""
+    p = np.array([0.9999804, 0.9999921, 0.9999965, 0.9999999, 1.0, 0.3765, 0.0014, 0.0045,
+                  0.0055, 0.0068, 0.0133, 0.9999950, 0.9999990])
+    y = np.array([1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 1])
+    f = pooled_figures(decode(encode(p, y, 0.5), 1), 0.5, bootstrap=20)
+    assert abs(f.auroc - auroc(p, y)) < 1e-3
+
+
+def test_example_coordinator_config_loads_and_errors_are_precise(tmp_path: Path) -> None:
+
+    import yaml
+
+    from node.config import ConfigError
+    from node.multisite.config import load_coordinator_config
+
+    example = Path(__file__).parents[2] / "config" / "multisite-coordinator.example.yaml"
+    cfg = load_coordinator_config(example)
+    assert cfg.minimum.sites == 3 and len(cfg.sites) == 3
+    data = yaml.safe_load(example.read_text())
+    data["minimum"]["sites"] = 2
+    data["coordinator"]["port"] = 70000
+    data["sitez"] = {}
+    bad = tmp_path / "c.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as err:
+        load_coordinator_config(bad)
+    text = str(err.value)
+    assert "minimum.sites" in text and "coordinator.port" in text and "sitez" in text
