@@ -287,7 +287,10 @@ def finish_round(
     result = {**outcome, "released": released, "reason": refused or "",
               "contributions": entry["contributions"],
               "report": str(round_dir / "report") if released else None}  # fmt: skip
-    _send_ledger(cfg, grid, set(names), outcome["run"], released, refused or "")
+    dropped = set(outcome.get("dropped", []))
+    # the sites that are still there (a dropped one would only make the coordinator wait)
+    targets = set(included) or {nid for nid, site in names.items() if site not in dropped}
+    _send_ledger(cfg, grid, targets, outcome["run"], released, refused or "")
     atomic_write(round_dir / "outcome.json", json.dumps(result, indent=2).encode(), mode=0o644)
 
 
