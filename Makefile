@@ -4,12 +4,12 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench-ingest bench-infer bench-deid bench-e2e clean
+.PHONY: demo test lint bench-ingest bench-infer bench-deid bench-e2e bench-multisite clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,bench]'
+	$(PY) -m pip install --quiet -e '.[test,bench,multisite]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -34,6 +34,10 @@ bench-deid: $(STAMP)
 
 bench-e2e: $(STAMP)
 	$(PY) benchmarks/e2e.py
+
+# issue 13: 7 sites, 1,149 images, beside the central validation
+bench-multisite: $(STAMP)
+	$(PY) benchmarks/multisite.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

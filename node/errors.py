@@ -19,6 +19,9 @@ problem). The tree, kept in step with the code by ``tests/node/test_errors.py``:
     ├── ValidateInferenceError  node.validate: preprocessing or encrypted inference failed
     ├── LabelError              node.validate (labels): the labels CSV does not match the data
     ├── StatsError              node.validate (stats): (also ValueError) no such statistic
+    ├── MultisiteError          node.multisite: a multi-site round, federation or ledger failed
+    │   ├── VectorError         (also ValueError) a contribution vector or sum is malformed
+    │   └── RoundRefusedError        the coordinator releases nothing (minimum, refused site)
     └── CommandError            node.cli.errors: a step of a command failed
         └── CommandUsageError   node.cli.errors: bad usage, config or input at that step
 

@@ -32,6 +32,7 @@ _COMMAND_MODULES = (
     "node.cli.rules_cmd",  # rules test
     "node.cli.audit_cmd",  # audit verify/export
     "node.cli.validate_cmd",  # validate
+    "node.cli.multisite_cmd",  # multisite coordinator/join/verify/keygen (issue 13)
 )
 
 

@@ -11,6 +11,7 @@ from pydantic import Field, ModelWrapValidatorHandler, model_validator
 from node.config.base import FrozenModel
 from node.config.deid import DeidSection
 from node.config.inference import VendorPeerSection
+from node.config.multisite import MultisiteSiteSection
 from node.config.observability import AuditSection, MetricsSection
 from node.config.routes import RouteReferences, RouteSection, reference_scope
 from node.config.scp import CompletionSection, DestinationSection, ScpSection, SenderSection
@@ -60,6 +61,7 @@ class NodeConfig(FrozenModel):
     routes: tuple[RouteSection, ...] = ()
     audit: AuditSection = AuditSection()
     metrics: MetricsSection = MetricsSection()
+    multisite: MultisiteSiteSection | None = None  # issue 13: this node as a multi-site site
 
     @model_validator(mode="wrap")
     @classmethod
