@@ -14,14 +14,18 @@ import logging
 import threading
 from dataclasses import dataclass
 
+from starlette.routing import BaseRoute
+
 from node.audit import AuditLedger, open_ledger
 from node.config import NodeConfig
 from node.deid import DeidKeys
+from node.health import Prober
 from node.intake import Intake
 from node.jobs import JobStore
 from node.keys import load_or_create_secret
 from node.metrics import MetricsServer, NodeMetrics, serve_metrics
 from node.netsettings import completion_settings, scp_settings, sender_settings
+from node.pauses import Pauses
 from node.pipeline import Pipeline
 from node.pseudonym import Pseudonymizer
 from node.runner import JobAction, JobRunner
@@ -35,9 +39,11 @@ __all__ = [
     "NodeState",
     "build_node",
     "build_service",
+    "http_routes",
     "node_paths",
     "open_jobs",
     "open_state",
+    "pauses_of",
 ]
 
 log = logging.getLogger(__name__)
@@ -99,11 +105,13 @@ def build_service(
     state: NodeState | None = None,
     retry: SenderSettings | None = None,
     metrics: NodeMetrics | None = None,
+    prober: Prober | None = None,
 ) -> NodeService:
     """The node's service running ``action`` for every completed study.
 
     ``state`` and ``retry`` (the runner's backoff) are built from ``cfg`` unless the caller
-    already holds them (:func:`build_node` shares them with the pipeline).
+    already holds them (:func:`build_node` shares them with the pipeline); ``prober`` (vendor
+    and destination reachability for ``/healthz``) is started and stopped with the service.
     """
     state = state if state is not None else open_state(cfg)
     retry = retry if retry is not None else sender_settings(cfg)
@@ -115,6 +123,8 @@ def build_service(
         action,
         retry,
         housekeeping=lambda: intake.purge_done(keep_seconds),
+        workers=cfg.node.workers,
+        metrics=metrics,
     )
     monitor = CompletionMonitor(
         completion_settings(cfg), StudyCompletion(intake, runner, metrics)
@@ -139,7 +149,34 @@ def build_service(
         monitor=monitor,
         server=server,
         metrics=metrics,
+        prober=prober,
     )
+
+
+def pauses_of(cfg: NodeConfig) -> Pauses:
+    """The destinations and vendors an operator paused (``<state_dir>/paused.json``)."""
+    return Pauses(cfg.node.state_dir / "paused.json")
+
+
+def http_routes(
+    cfg: NodeConfig,
+    service: NodeService,
+    metrics: NodeMetrics,
+    pauses: Pauses,
+    audit: AuditLedger | None = None,
+) -> list[BaseRoute]:
+    """The REST API and console routes for the node's HTTP server (none unless
+    ``console.enabled``)."""
+    if not cfg.console.enabled:
+        return []
+    from node.api import Guard, Operations, api_routes
+    from node.api.auth import Sessions
+    from node.console import console_routes
+
+    ops = Operations(cfg, service, pauses, metrics, service.prober, audit)
+    guard = Guard(cfg.console.users, Sessions(cfg.console.session_hours * 3600))
+    secure = cfg.metrics.tls_cert is not None
+    return [*api_routes(ops, guard), *console_routes(ops, guard, secure_cookies=secure)]
 
 
 @dataclass
@@ -153,12 +190,17 @@ class Node:
     vendors: VendorBackends
     audit: AuditLedger | None
     metrics: NodeMetrics
+    routes: list[BaseRoute]
     metrics_server: MetricsServer | None = None
     warm_up: threading.Thread | None = None
 
     def _serve_metrics(self) -> MetricsServer | None:
         return serve_metrics(
-            self.cfg.metrics, self.metrics, self.service.health, self.service.refresh_metrics
+            self.cfg.metrics,
+            self.metrics,
+            self.service.health,
+            self.service.refresh_metrics,
+            self.routes,
         )
 
     def _warm_up(self) -> None:
@@ -203,7 +245,9 @@ def build_node(cfg: NodeConfig) -> Node:
     metrics = NodeMetrics()
     audit = open_ledger(cfg, metrics.registry)
     vault = IdentifierVault.open(cfg.node.state_dir, keys)
-    vendors = VendorBackends(cfg, metrics=metrics)
+    pauses = pauses_of(cfg)
+    vendors = VendorBackends(cfg, metrics=metrics, pauses=pauses)
+    prober = Prober(cfg, keys / "ckks", cfg.health.probe_seconds)
     state = open_state(cfg)
     retry = sender_settings(cfg)
     pipeline = Pipeline(
@@ -217,6 +261,10 @@ def build_node(cfg: NodeConfig) -> Node:
         jobs=state.store,  # earlier jobs of a study (late images), see Pipeline
         audit=audit,
         metrics=metrics,
+        pauses=pauses,
     )
-    service = build_service(cfg, pipeline, state=state, retry=retry, metrics=metrics)
-    return Node(cfg, service, pipeline, vault, vendors, audit, metrics)
+    service = build_service(
+        cfg, pipeline, state=state, retry=retry, metrics=metrics, prober=prober
+    )
+    routes = http_routes(cfg, service, metrics, pauses, audit)
+    return Node(cfg, service, pipeline, vault, vendors, audit, metrics, routes)

@@ -15,6 +15,7 @@ problem). The tree, kept in step with the code by ``tests/node/test_errors.py``:
     ├── OptionError             node.deid: (also ValueError) unknown or conflicting option
     ├── SrError                 node.sr: the inputs cannot make a valid result SR
     ├── JobError                node.jobs: a job step failed (message safe to store)
+    │   └── JobDeferredError    node.pauses: a paused destination/vendor holds the job back
     ├── ValidateUsageError      node.validate: bad command line, config or data set
     ├── ValidateInferenceError  node.validate: preprocessing or encrypted inference failed
     ├── LabelError              node.validate (labels): the labels CSV does not match the data

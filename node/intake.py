@@ -203,6 +203,18 @@ class Intake:
         if src.is_dir() and src != job.dir:
             self._move(src, job.dir)
 
+    def cancel(self, job_id: int, reason: str) -> Job | None:
+        """Cancel a queued job (an operator's action): it becomes ``failed`` with ``reason``
+        and its files go to quarantine, from where :meth:`retry` can bring it back. ``None``
+        if the job is not queued."""
+        job = self.store.get(job_id)
+        if job is None:
+            return None
+        new = self.store.cancel(job_id, reason, self.quarantine_dir / job.token)
+        if new is not None:
+            self.quarantine(new)
+        return new
+
     def retry(self, job_id: int) -> Job | None:
         """Requeue a failed job, moving its files back out of quarantine.
 

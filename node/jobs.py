@@ -286,6 +286,35 @@ class JobStore:
         assert job is not None
         return job
 
+    def defer(self, job_id: int, reason: str, seconds: float) -> Job:
+        """``running`` -> ``queued`` in ``seconds``, no attempt counted (a paused destination
+        or vendor holds the job back; ``reason`` is shown as its last error)."""
+        now = self.clock()
+        with self._tx() as db:
+            db.execute(
+                "UPDATE jobs SET state = 'queued', last_error = ?, next_attempt_at = ?,"
+                " updated_at = ? WHERE id = ? AND state = 'running'",
+                (reason[:500], now + seconds, now, job_id),
+            )
+        job = self.get(job_id)
+        assert job is not None
+        return job
+
+    def cancel(self, job_id: int, reason: str, quarantine_dir: Path) -> Job | None:
+        """``queued`` -> ``failed`` now (an operator's cancel), files to ``quarantine_dir``
+        (the caller moves them); ``None`` unless the job was queued. A running job cannot be
+        cancelled half-way: its steps are idempotent, cancel it once its attempt ends."""
+        now = self.clock()
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE jobs SET state = 'failed', last_error = ?, dir = ?, updated_at = ?"
+                " WHERE id = ? AND state = 'queued'",
+                (reason[:500], str(quarantine_dir), now, job_id),
+            )
+            if cur.rowcount != 1:
+                return None
+        return self.get(job_id)
+
     def retry(self, job_id: int, work_dir: Path) -> Job | None:
         """``failed`` -> ``queued`` now, attempts reset; files move back to ``work_dir``.
         ``None`` if the job is not failed."""

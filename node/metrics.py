@@ -5,39 +5,42 @@ tests and several nodes in one process do not share counters. Labels take values
 fixed sets below (:data:`REJECT_REASONS`, :data:`JOB_STATES`, :data:`STEPS`, ...); anything else
 raises ``ValueError``, which keeps identifiers (and unbounded cardinality) out of labels.
 
-The server is the standard library's WSGI server with prometheus_client's WSGI app for
-``/metrics`` plus a ``/healthz`` route; prometheus_client's own ``start_http_server`` serves the
-metrics on every path and has no health route, hence the few lines of dispatch here.
+The server is a small Starlette app under uvicorn (in a thread): prometheus_client's ASGI app
+for ``/metrics``, a ``/healthz`` route, and whatever other routes the composition root mounts
+(the REST API and console of :mod:`node.api` and :mod:`node.console`); prometheus_client's own
+``start_http_server`` serves the metrics on every path and has no other routes. HTTPS when a
+certificate and key are given.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from socketserver import ThreadingMixIn
+from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from typing import Protocol
 
+import uvicorn
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     Info,
-    make_wsgi_app,
+    generate_latest,
 )
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
 
 from node import __version__
 from node.config.observability import MetricsSection
-
-if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +86,18 @@ RULE_ACTIONS = frozenset({"infer", "forward_deidentified", "discard", "none"})
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
-HealthCheck = Callable[[], Mapping[str, bool]]
-"""Returns named checks (fixed names such as ``spool_writable``) and whether each passes."""
+class _Report(Protocol):
+    """A health report with severities and reasons (:class:`node.health.HealthReport`)."""
+
+    @property
+    def status(self) -> str: ...
+
+    def as_json(self) -> dict[str, object]: ...
+
+
+HealthCheck = Callable[[], "Mapping[str, bool] | _Report"]
+"""Returns named checks (fixed names such as ``spool_writable``) and whether each passes, or a
+report with ``status`` ``ok``/``degraded``/``unhealthy`` and reasons."""
 
 
 def _check(value: str, allowed: frozenset[str], what: str) -> str:
@@ -194,25 +207,15 @@ class NodeMetrics:
         self.sr_deliveries.labels("success" if ok else "failure").inc()
 
 
-class _ThreadingServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class _ThreadingServer6(_ThreadingServer):
-    address_family = socket.AF_INET6
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        """Scrapes every few seconds would flood stderr; access logs add nothing here."""
-
 
 class MetricsServer:
-    """HTTP server for ``GET /metrics`` (Prometheus text format) and ``GET /healthz`` (JSON).
+    """HTTP(S) server for ``GET /metrics`` (Prometheus text format), ``GET /healthz`` (JSON)
+    and the ``routes`` given (REST API, console).
 
-    ``/healthz`` answers 200 ``{"status": "ok", "checks": {...}}`` when every check passes and
-    503 ``{"status": "unhealthy", ...}`` otherwise. ``port=0`` picks a free port (see
-    :attr:`port`). Use as a context manager or call :meth:`start`/:meth:`stop`.
+    ``/healthz`` answers 200 ``{"status": "ok", "checks": {...}}`` when every check passes,
+    200 ``"degraded"`` with ``reasons`` when only degraded checks fail (the node works, some
+    jobs wait) and 503 ``{"status": "unhealthy", ...}`` otherwise. ``port=0`` picks a free
+    port (see :attr:`port`). Use as a context manager or call :meth:`start`/:meth:`stop`.
     """
 
     def __init__(
@@ -222,68 +225,104 @@ class MetricsServer:
         port: int = 9464,
         health: HealthCheck | None = None,
         refresh: Callable[[], None] | None = None,
+        routes: Sequence[BaseRoute] = (),
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
-        self._metrics_app = make_wsgi_app(registry)
+        self._registry = registry
         self._health = health
         self._refresh = refresh
         self._host = host
         self._requested_port = port
-        self._server: WSGIServer | None = None
+        self._tls = tls
+        self.app = Starlette(routes=[
+            Route("/metrics", self._metrics, methods=["GET", "HEAD"]),
+            Route("/healthz", self._healthz, methods=["GET", "HEAD"]),
+            *routes,
+        ])  # fmt: skip
+        self._server: uvicorn.Server | None = None
+        self._socket: socket.socket | None = None
         self._thread: threading.Thread | None = None
 
     @property
     def port(self) -> int:
-        if self._server is None:
+        if self._socket is None:
             raise RuntimeError("server not started")
-        return int(self._server.server_address[1])
+        return int(self._socket.getsockname()[1])
 
     @property
     def url(self) -> str:
         host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self._tls else "http"
+        return f"{scheme}://{host}:{self.port}"
 
-    def _app(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "")
-        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
-            return _respond(start_response, "405 Method Not Allowed", {"error": "GET only"})
-        if path == "/metrics":
-            if self._refresh is not None:
-                try:
-                    self._refresh()  # e.g. jobs by state, read from the job store itself
-                except Exception as exc:  # stale gauges beat a failed scrape
-                    log.warning("metrics refresh failed: %s", type(exc).__name__)
-            return self._metrics_app(environ, start_response)
-        if path == "/healthz":
-            checks: dict[str, bool] = {}
+    def _metrics(self, request: Request) -> Response:
+        if self._refresh is not None:
             try:
-                checks = {str(k): bool(v) for k, v in (self._health or dict)().items()}
-                ok = all(checks.values())
-            except Exception:  # a broken check means unhealthy, not a crashed endpoint
-                ok = False
-                checks["health_check_ran"] = False
-            status = "200 OK" if ok else "503 Service Unavailable"
-            body = {"status": "ok" if ok else "unhealthy", "checks": checks}
-            return _respond(start_response, status, body)
-        return _respond(start_response, "404 Not Found", {"error": "try /metrics or /healthz"})
+                self._refresh()  # e.g. jobs by state, read from the job store itself
+            except Exception as exc:  # stale gauges beat a failed scrape
+                log.warning("metrics refresh failed: %s", type(exc).__name__)
+        return Response(generate_latest(self._registry), media_type=CONTENT_TYPE_LATEST)
+
+    def _healthz(self, request: Request) -> Response:
+        try:
+            got = (self._health or dict)()
+            if isinstance(got, Mapping):
+                checks = {str(k): bool(v) for k, v in got.items()}
+                body: dict[str, object] = {
+                    "status": "ok" if all(checks.values()) else "unhealthy", "checks": checks
+                }
+            else:
+                body = got.as_json()
+        except Exception as exc:  # a broken check means unhealthy, not a crashed endpoint
+            log.warning("health check failed: %s", type(exc).__name__)
+            body = {"status": "unhealthy", "checks": {"health_check_ran": False}}
+        code = 503 if body["status"] == "unhealthy" else 200
+        return JSONResponse(body, status_code=code)
 
     def start(self) -> MetricsServer:
-        cls = _ThreadingServer6 if ":" in self._host else _ThreadingServer
-        self._server = make_server(self._host, self._requested_port, self._app,
-                                   server_class=cls, handler_class=_QuietHandler)
+        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self._host, self._requested_port))  # a busy port fails here, now
+            sock.listen(128)
+        except OSError:
+            sock.close()
+            raise
+        config = uvicorn.Config(
+            self.app,
+            log_level="warning",
+            access_log=False,  # scrapes every few seconds would flood the log
+            lifespan="off",
+            ws="none",
+            ssl_certfile=str(self._tls[0]) if self._tls else None,
+            ssl_keyfile=str(self._tls[1]) if self._tls else None,
+        )
+        self._socket = sock
+        self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), name="metrics-http", daemon=True
+            target=self._server.run, kwargs={"sockets": [sock]}, name="node-http", daemon=True
         )
         self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise OSError(f"the HTTP server on {self._host}:{self._requested_port}"
+                              " did not start (see the log)")  # fmt: skip
+            time.sleep(0.01)
         return self
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+            self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+        self._server = None
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
 
     def __enter__(self) -> MetricsServer:
         return self.start()
@@ -302,15 +341,15 @@ def serve_metrics(
     metrics: NodeMetrics,
     health: HealthCheck | None = None,
     refresh: Callable[[], None] | None = None,
+    routes: Sequence[BaseRoute] = (),
 ) -> MetricsServer | None:
     """Start the endpoint configured in ``metrics:`` (``None`` when it is disabled)."""
     if not section.enabled:
         return None
-    return MetricsServer(metrics.registry, section.host, section.port, health, refresh).start()
+    tls = (section.tls_cert, section.tls_key) if section.tls_cert and section.tls_key else None
+    return MetricsServer(
+        metrics.registry, section.host, section.port, health, refresh, routes, tls
+    ).start()
 
 
-def _respond(start_response: StartResponse, status: str, body: Mapping[str, Any]) -> list[bytes]:
-    data = json.dumps(body).encode()
-    start_response(status, [("Content-Type", "application/json"),
-                            ("Content-Length", str(len(data)))])
-    return [data]
+

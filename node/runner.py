@@ -21,12 +21,20 @@ step store) is already done and durable; re-running it would also be safe (every
 idempotent), and that is what happens if the node stops before the transition is recorded:
 the job is still ``running`` in the store and start-up requeues it (:meth:`JobStore.reset_running`).
 
-Retry layers (they multiply, so here is the total): the runner is the only layer that retries
-a PACS (:class:`scp.StorageSender` makes one attempt per job attempt), so a destination may be
-down for ``SenderSettings.budget()`` (default 6.2-12.5 min, see ``blindread config check``)
-before a job is quarantined. The vendor client retries inside each job attempt
-(``vendors.<name>.max_attempts``, 1 s doubling to 60 s: ~15 s by default), so a vendor outage
-is ridden out for up to ``sender.max_attempts`` x that (and the waits between job attempts).
+One retry layer: the runner is the only layer that retries a PACS (:class:`scp.StorageSender`
+makes one attempt per job attempt) and, by default, a vendor (``vendors.<name>.max_attempts``
+defaults to 1: one try of each request per job attempt). The schedule is
+:class:`scp.SenderSettings`' (``sender.*``: persistent, jittered, doubling), so a destination
+or a vendor may be down for ``SenderSettings.budget()`` (default 6.2-12.5 min, see ``blindread
+config check``) before a job is quarantined, with ``sender.max_attempts`` tries in all (before,
+the vendor client's 5 tries ran inside each job attempt: 5 x 5 tries and ~15 s of sleeping per
+attempt). A job a paused destination or vendor holds back (:class:`node.pauses.Pauses`) is put
+back in the queue without counting an attempt.
+
+Workers: ``workers`` threads take due jobs (the store hands each job to one of them, see
+:meth:`JobStore.next_due`), so one slow job (a vendor taking minutes) does not hold up the
+others; per-vendor concurrency is bounded where the vendor is used (:mod:`node.vendors`).
+Housekeeping and claim recovery run in worker 0 only.
 """
 
 from __future__ import annotations
@@ -41,9 +49,12 @@ from dataclasses import dataclass
 
 from node.intake import Intake
 from node.jobs import Job, JobStore, describe_error
+from node.latency import observe_finished
+from node.metrics import NodeMetrics
+from node.pauses import JobDeferredError
 from scp import SenderSettings
 
-__all__ = ["JobAction", "JobRunner"]
+__all__ = ["JobAction", "JobRunner", "RunningJob"]
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +73,21 @@ class _Unrecorded:
     next_try: float = 0.0
 
 
+@dataclass(frozen=True)
+class RunningJob:
+    """A job a worker is running now, and since when (monotonic and wall clock)."""
+
+    job: Job
+    worker: int
+    started: float
+    started_at: float
+
+    def seconds(self) -> float:
+        return time.monotonic() - self.started
+
+
 class JobRunner:
-    """One worker thread taking due jobs from the store."""
+    """``workers`` threads taking due jobs from the store."""
 
     def __init__(
         self,
@@ -77,7 +101,13 @@ class JobRunner:
         claim_retry: tuple[float, float] = (1.0, 60.0),
         record_retry: tuple[float, float] = (1.0, 60.0),
         rng: random.Random | None = None,
+        workers: int = 1,
+        metrics: NodeMetrics | None = None,
     ) -> None:
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
+        self.workers = workers
+        self.metrics = metrics
         self.store = store
         self.intake = intake
         self.action = action
@@ -91,37 +121,63 @@ class JobRunner:
         self._next_claim_check = 0.0
         self._claim_backoff = 0.0
         self.record_retry = record_retry
-        self._unrecorded: _Unrecorded | None = None
+        self._unrecorded: dict[int, _Unrecorded] = {}  # by worker
+        self._running: dict[int, RunningJob] = {}  # by worker
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     def wake(self) -> None:
         """A job was queued: look now instead of at the next poll."""
         self._wake.set()
 
     def unrecorded(self) -> int:
-        """Jobs finished whose new state the store could not record yet (0 or 1)."""
-        return 0 if self._unrecorded is None else 1
+        """Jobs finished whose new state the store could not record yet (at most one per
+        worker)."""
+        with self._lock:
+            return len(self._unrecorded)
 
-    def run_once(self) -> Job | None:
-        """Run the next due job, if any; returns its new state (``None`` also while an
-        earlier job's outcome is still being recorded, see the module docstring)."""
-        if self._unrecorded is not None:
-            if time.monotonic() < self._unrecorded.next_try:
+    def running(self) -> list[RunningJob]:
+        """The jobs being run now, oldest first (``/healthz``'s stuck-runner check)."""
+        with self._lock:
+            return sorted(self._running.values(), key=lambda r: r.started)
+
+    def alive(self) -> bool:
+        """Every worker thread is running (false before :meth:`start` and after a crash)."""
+        return bool(self._threads) and all(t.is_alive() for t in self._threads)
+
+    def run_once(self, worker: int = 0) -> Job | None:
+        """Run the next due job, if any, as ``worker``; returns its new state (``None`` also
+        while an earlier job's outcome is still being recorded, see the module docstring)."""
+        pending = self._unrecorded.get(worker)
+        if pending is not None:
+            if time.monotonic() < pending.next_try:
                 return None
-            return self._record(self._unrecorded)
+            return self._record(pending, worker)
         job = self.store.next_due()
         if job is None:
             return None
+        with self._lock:
+            self._running[worker] = RunningJob(job, worker, time.monotonic(), time.time())
         try:
             self.action(job)
+        except JobDeferredError as exc:
+            held = exc  # ``exc`` is unbound after the except clause; the lambda runs later
+            return self._record(
+                _Unrecorded(job, "deferred", lambda: self._deferred(job, held)), worker
+            )
         except Exception as exc:
             err = describe_error(exc)
-            return self._record(_Unrecorded(job, "attempt failed", lambda: self._failed(job, err)))
-        return self._record(_Unrecorded(job, "done", lambda: self._done(job)))
+            return self._record(
+                _Unrecorded(job, "attempt failed", lambda: self._failed(job, err)), worker
+            )
+        finally:
+            with self._lock:
+                self._running.pop(worker, None)
+        return self._record(_Unrecorded(job, "done", lambda: self._done(job)), worker)
 
-    def _record(self, pending: _Unrecorded) -> Job | None:
+    def _record(self, pending: _Unrecorded, worker: int = 0) -> Job | None:
         """Record ``pending``'s transition, or keep it for a retry with backoff."""
         try:
             new = pending.record()
@@ -130,7 +186,8 @@ class JobRunner:
             pending.tries += 1
             pending.backoff = min(cap, pending.backoff * 2 or first)
             pending.next_try = time.monotonic() + pending.backoff
-            self._unrecorded = pending
+            with self._lock:
+                self._unrecorded[worker] = pending
             log.warning(
                 "job %d (study %s) %s but its state could not be recorded (%s: %s, try %d);"
                 " retry in %.1f s",
@@ -150,14 +207,23 @@ class JobRunner:
                 pending.job.study,
                 pending.tries,
             )
-        self._unrecorded = None
+        with self._lock:
+            self._unrecorded.pop(worker, None)
         return new
 
     def _done(self, job: Job) -> Job:
-        self.store.mark_done(job.id)
+        recorded = self.store.mark_done(job.id)
         new = self.store.get(job.id)
         assert new is not None
+        if recorded and self.metrics is not None:
+            observe_finished(self.metrics, new)
         log.info("job %d (study %s) done", job.id, job.study)
+        return new
+
+    def _deferred(self, job: Job, exc: JobDeferredError) -> Job:
+        new = self.store.defer(job.id, str(exc), exc.retry_seconds)
+        log.info("job %d (study %s) held back: %s; looked at again in %.0f s",
+                 job.id, job.study, exc, exc.retry_seconds)  # fmt: skip
         return new
 
     def _failed(self, job: Job, err: str) -> Job:
@@ -190,15 +256,20 @@ class JobRunner:
 
     def start(self) -> None:
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="job-runner", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._run, args=(n,), name=f"job-runner-{n}", daemon=True)
+            for n in range(self.workers)
+        ]
+        for t in self._threads:
+            t.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Ask the worker to stop after its current job; wait up to ``timeout`` s."""
+        """Ask the workers to stop after their current job; wait up to ``timeout`` s."""
         self._stop.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
 
     def _housekeep(self) -> None:
         """Periodic chores between jobs (retention), never in the middle of one."""
@@ -228,12 +299,13 @@ class JobRunner:
             self._claim_backoff = 0.0
             self._next_claim_check = now + first
 
-    def _run(self) -> None:
+    def _run(self, worker: int) -> None:
         while not self._stop.is_set():
-            self._housekeep()
-            self._recover_claims()
+            if worker == 0:
+                self._housekeep()
+                self._recover_claims()
             try:
-                job = self.run_once()
+                job = self.run_once(worker)
             except Exception:
                 log.exception("job runner error")
                 job = None

@@ -22,8 +22,10 @@ from pathlib import Path
 from types import FrameType
 
 from node.config import ConfigError, NodeConfig
+from node.health import Check, HealthReport, Prober, certificate_checks
 from node.intake import Intake
 from node.jobs import JobStore
+from node.latency import observe_claimed
 from node.metrics import NodeMetrics
 from node.pseudonym import Pseudonymizer
 from node.runner import JobRunner
@@ -71,9 +73,11 @@ class StudyCompletion:
         self.metrics = metrics
 
     def __call__(self, study_key: str) -> None:
-        if self.intake.claim(study_key) is not None:
+        job = self.intake.claim(study_key)
+        if job is not None:
             if self.metrics is not None:
                 self.metrics.study_completed()
+                observe_claimed(self.metrics, job)
             self.runner.wake()
 
 
@@ -119,8 +123,10 @@ class NodeService:
         monitor: CompletionMonitor,
         server: StorageServer,
         metrics: NodeMetrics | None = None,
+        prober: Prober | None = None,
     ) -> None:
         self.cfg = cfg
+        self.prober = prober
         self.paths = paths
         self.pseudonyms = pseudonyms
         self.spool = spool
@@ -138,20 +144,57 @@ class NodeService:
         if self.metrics is not None:
             self.metrics.set_jobs(self.store.counts())
 
-    def health(self) -> dict[str, bool]:
-        """The node's ``/healthz`` checks: runner alive, no claim stuck in ``claiming``, every
-        finished job's new state recorded (false while the job store cannot record it, e.g. on
-        a full disk: the runner retries, see :mod:`node.runner`), and the spool's and the state
-        directory's free space at or above ``scp.min_free_bytes`` (when the state directory's
-        disk fills, the job store's updates fail)."""
+    def health(self) -> HealthReport:
+        """The node's ``/healthz`` checks (:mod:`node.health`).
+
+        Critical: runner alive, no claim stuck in ``claiming``, every finished job's new state
+        recorded (false while the job store cannot record it, e.g. on a full disk: the runner
+        retries, see :mod:`node.runner`), and the spool's and the state directory's free space
+        at or above ``scp.min_free_bytes`` (when the state directory's disk fills, the job
+        store's updates fail). Degraded: the spool near that watermark, a job running longer
+        than ``health.stuck_job_seconds``, a certificate missing or expiring, a vendor or
+        destination unreachable (probed in the background by the :class:`Prober`)."""
+        h = self.cfg.health
         watermark = self.cfg.scp.min_free_bytes
-        return {
-            "job_runner_alive": self.runner_alive(),
-            "spool_above_watermark": self.spool.free_bytes() >= watermark,
-            "state_dir_above_watermark": _free_bytes(self.paths.jobs_dir) >= watermark,
-            "no_stuck_claims": self.intake.stuck_claims() == 0,
-            "job_states_recorded": self.runner.unrecorded() == 0,
-        }
+        spool_free = self.spool.free_bytes()
+        state_free = _free_bytes(self.paths.jobs_dir)
+        mb = 1_000_000
+        checks = [
+            Check("job_runner_alive", self.runner_alive(), True,
+                  "the job runner's workers stopped: see the node's log, restart the node"),
+            Check("spool_above_watermark", spool_free >= watermark, True,
+                  f"spool free space {spool_free // mb} MB is below scp.min_free_bytes"
+                  f" ({watermark // mb} MB): new images are refused; free disk space"),
+            Check("state_dir_above_watermark", state_free >= watermark, True,
+                  f"state directory free space {state_free // mb} MB is below"
+                  f" scp.min_free_bytes ({watermark // mb} MB): free disk space"),
+            Check("no_stuck_claims", self.intake.stuck_claims() == 0, True,
+                  "a completed study could not be moved into a job (disk full or read-only?):"
+                  " the runner retries; free space or fix permissions"),
+            Check("job_states_recorded", self.runner.unrecorded() == 0, True,
+                  "the job store cannot record finished jobs (disk full or database locked):"
+                  " the runner retries; free space on the state directory"),
+            Check("spool_not_near_watermark", spool_free >= watermark * h.spool_near_factor,
+                  reason=f"spool free space {spool_free // mb} MB is within"
+                  f" {h.spool_near_factor:g} x scp.min_free_bytes ({watermark // mb} MB):"
+                  " images will be refused soon; free disk space or retry/purge jobs"),
+        ]  # fmt: skip
+        slow = [r for r in self.runner.running() if r.seconds() > h.stuck_job_seconds]
+        checks.append(Check(
+            "runner_not_stuck", not slow,
+            reason="" if not slow else f"job {slow[0].job.id} has been running for"
+            f" {slow[0].seconds() / 60:.0f} min (health.stuck_job_seconds ="
+            f" {h.stuck_job_seconds:g}): see its vendor's and destination's health;"
+            " restarting the node requeues it",
+        ))  # fmt: skip
+        checks += certificate_checks(self.cfg)
+        if self.prober is not None:
+            checks += self.prober.checks()
+        return HealthReport(tuple(checks))
+
+    def force_complete(self, study_key: str) -> bool:
+        """Make ``study_key``'s batch in the spool a job now (an operator's force-complete)."""
+        return self.monitor.complete_now(study_key)
 
     @property
     def port(self) -> int:
@@ -168,6 +211,8 @@ class NodeService:
         self.server.start()
         self.monitor.start()
         self.runner.start()
+        if self.prober is not None:
+            self.prober.start()
         log.info("node %s running", self.cfg.node.name)
 
     def stop(self, timeout: float = 9.0) -> None:
@@ -175,14 +220,15 @@ class NodeService:
         self.server.stop(grace=timeout * 0.4)
         self.monitor.stop(timeout * 0.1)
         self.runner.stop(timeout * 0.4)
+        if self.prober is not None:
+            self.prober.stop()
         if not self.runner_alive():  # else the daemon thread may still use it
             self.store.close()
         self._stopped.set()
         log.info("node %s stopped", self.cfg.node.name)
 
     def runner_alive(self) -> bool:
-        t = self.runner._thread
-        return t is not None and t.is_alive()
+        return self.runner.alive()
 
     def run_forever(self) -> None:
         """Run until SIGTERM/SIGINT, then stop cleanly (systemd's stop, Ctrl-C)."""

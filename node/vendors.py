@@ -3,23 +3,34 @@ configured vendor peer, adapted to the pipeline's :class:`~node.pipeline.Inferen
 
 Clients are created on first use (a node that never routes to a vendor never opens a TLS
 connection) and reused across jobs, so the public context is uploaded once per hospital key.
+At most ``vendors.<name>.max_concurrent_jobs`` jobs use a vendor at a time: each holds one of
+that many clients (a client is used by one thread at a time) and the others wait. Creating the
+CKKS keys and uploading the context happen under one lock per vendor, so clients sharing a key
+directory never race to create the same key files. A vendor paused by an operator
+(:class:`node.pauses.Pauses`) holds its jobs back instead.
+
+Each client makes one try per request by default (``max_attempts: 1``): the job runner's
+retries are the one retry layer (:mod:`node.runner`).
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from node.config import NodeConfig
 from node.metrics import NodeMetrics
+from node.pauses import Pauses
 from node.pipeline import InferenceBackend, InferenceOutcome
 from secure_infer import Manifest, VendorClient
 
-__all__ = ["ClientBackend", "VendorBackends"]
+__all__ = ["ClientBackend", "PooledBackend", "VendorBackends"]
 
 log = logging.getLogger(__name__)
 
@@ -74,26 +85,100 @@ class ClientBackend:
         )
 
 
+class PooledBackend:
+    """:class:`InferenceBackend` over up to ``size`` clients of one vendor (one per job using
+    it at a time); clients are made on first need by ``make``."""
+
+    def __init__(self, make: Callable[[], ClientBackend], size: int) -> None:
+        self._make = make
+        self._free: queue.LifoQueue[ClientBackend] = queue.LifoQueue()
+        self._made: list[ClientBackend] = []
+        self._size = size
+        self._lock = threading.Lock()
+        self.keys_lock = threading.Lock()  # key creation + context upload: one at a time
+
+    @contextmanager
+    def _client(self) -> Iterator[ClientBackend]:
+        with self._lock:
+            if self._free.empty() and len(self._made) < self._size:
+                self._made.append(self._make())
+                self._free.put(self._made[-1])
+        backend = self._free.get()  # waits while ``size`` jobs hold every client
+        try:
+            yield backend
+        finally:
+            self._free.put(backend)
+
+    @property
+    def client(self) -> VendorClient:
+        """The first client (made if need be): what tests wrap to watch or fault requests."""
+        with self._lock:
+            if not self._made:
+                self._made.append(self._make())
+                self._free.put(self._made[-1])
+            return self._made[0].client
+
+    def in_use(self) -> int:
+        """Clients held by jobs now."""
+        with self._lock:
+            return len(self._made) - self._free.qsize()
+
+    def prepare(self, model: str) -> None:
+        with self._client() as b, self.keys_lock:
+            b.prepare(model)
+
+    def manifest(self, model: str) -> Manifest:
+        with self._client() as b:
+            return b.manifest(model)
+
+    def infer(self, model: str, batch: np.ndarray) -> InferenceOutcome:
+        with self._client() as b:
+            with self.keys_lock:
+                b.prepare(model)
+            return b.infer(model, batch)
+
+    def close(self) -> None:
+        with self._lock:
+            for b in self._made:
+                b.client.close()
+            self._made.clear()
+
+
 class VendorBackends:
-    """``vendor name -> InferenceBackend`` for the pipeline, one client per vendor."""
+    """``vendor name -> InferenceBackend`` for the pipeline, a pool of clients per vendor."""
 
     def __init__(
-        self, cfg: NodeConfig, key_dir: Path | None = None, metrics: NodeMetrics | None = None
+        self,
+        cfg: NodeConfig,
+        key_dir: Path | None = None,
+        metrics: NodeMetrics | None = None,
+        pauses: Pauses | None = None,
     ) -> None:
         self.cfg = cfg
         self.key_dir = key_dir or cfg.node.keys / "ckks"
         self.metrics = metrics
-        self._backends: dict[str, ClientBackend] = {}
+        self.pauses = pauses
+        self._backends: dict[str, PooledBackend] = {}
         self._lock = threading.Lock()
 
+    def _new_client(self, vendor: str) -> ClientBackend:
+        section = self.cfg.vendors[vendor]
+        return ClientBackend(
+            VendorClient(section.client_settings(), self.key_dir / vendor, on_retry=self._retried)
+        )
+
     def __call__(self, vendor: str) -> InferenceBackend:
+        if self.pauses is not None:
+            self.pauses.check("vendor", vendor)
+        return self.pool(vendor)
+
+    def pool(self, vendor: str) -> PooledBackend:
         with self._lock:
             if vendor not in self._backends:
-                section = self.cfg.vendors[vendor]
-                client = VendorClient(
-                    section.client_settings(), self.key_dir / vendor, on_retry=self._retried
+                size = self.cfg.vendors[vendor].max_concurrent_jobs
+                self._backends[vendor] = PooledBackend(
+                    lambda: self._new_client(vendor), size
                 )
-                self._backends[vendor] = ClientBackend(client)
             return self._backends[vendor]
 
     def _retried(self, reason: str) -> None:
@@ -113,9 +198,7 @@ class VendorBackends:
         def run() -> None:
             for vendor, model in dict.fromkeys(pairs):
                 try:
-                    backend = self(vendor)
-                    assert isinstance(backend, ClientBackend)
-                    backend.prepare(model)
+                    self.pool(vendor).prepare(model)
                     log.info("vendor %s model %s: keys ready, public context uploaded",
                              vendor, model)  # fmt: skip
                 except Exception as exc:
@@ -129,5 +212,5 @@ class VendorBackends:
     def close(self) -> None:
         with self._lock:
             for backend in self._backends.values():
-                backend.client.close()
+                backend.close()
             self._backends.clear()

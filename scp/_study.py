@@ -63,6 +63,27 @@ class CompletionMonitor:
         with self._lock:
             return list(self._seen)
 
+    def timers(self) -> list[tuple[str, float, float, float]]:
+        """``(key, first, last, due_at)`` of every batch in progress (epoch seconds; due at
+        the end of its quiet period or max age, whichever is sooner), soonest first."""
+        q, m = self.settings.quiet_seconds, self.settings.max_age_seconds
+        with self._lock:
+            rows = [(k, f, last, min(last + q, f + m)) for k, (f, last) in self._seen.items()]
+        return sorted(rows, key=lambda r: r[3])
+
+    def complete_now(self, key: str) -> bool:
+        """Hand ``key``'s batch over now (an operator's force-complete), without waiting for
+        its timer; ``False`` if no batch of ``key`` is in progress."""
+        with self._lock:
+            last = self._seen.get(key, (0.0, 0.0))[1] if key in self._seen else None
+        if last is None:
+            return False
+        self.on_complete(key)
+        with self._lock:
+            if key in self._seen and self._seen[key][1] == last:
+                del self._seen[key]
+        return True
+
     def due(self) -> list[tuple[str, float]]:
         """Batches whose quiet period or max age has passed, with the ``last`` seen."""
         now = self.clock()

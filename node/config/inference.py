@@ -24,7 +24,15 @@ class VendorPeerSection(FrozenModel):
     ca: Path = Field(description="the vendor's CA certificate; the only CA trusted (pinning)")
     connect_timeout_seconds: float = Field(default=10.0, gt=0)
     timeout_seconds: float = Field(default=300.0, gt=0, description="per request, read/write")
-    max_attempts: int = Field(default=5, ge=1, description="on 503 and connection errors")
+    max_attempts: int = Field(
+        default=1, ge=1,
+        description="tries of one request within a job attempt (on 503 and connection errors);"
+        " the job's own retries (sender.*) are the node's one retry layer, so more than 1"
+        " multiplies them",
+    )  # fmt: skip
+    max_concurrent_jobs: int = Field(
+        default=1, ge=1, le=64, description="jobs using this vendor at the same time"
+    )
     initial_backoff_seconds: float = Field(default=1.0, gt=0)
     max_backoff_seconds: float = Field(default=60.0, gt=0)
     models: tuple[str, ...] = Field(

@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import Field, ModelWrapValidatorHandler, model_validator
 
 from node.config.base import FrozenModel
+from node.config.console import ConsoleSection, HealthSection
 from node.config.deid import DeidSection
 from node.config.inference import VendorPeerSection
 from node.config.multisite import MultisiteSiteSection
@@ -42,6 +43,12 @@ class NodeSection(FrozenModel):
         "fills every request)",
     )
 
+    workers: int = Field(
+        default=2, ge=1, le=64,
+        description="job worker threads: one slow job (a vendor taking minutes) does not hold"
+        " up the others",
+    )  # fmt: skip
+
     @property
     def keys(self) -> Path:
         return self.key_dir if self.key_dir is not None else self.state_dir / "keys"
@@ -62,6 +69,8 @@ class NodeConfig(FrozenModel):
     audit: AuditSection = AuditSection()
     metrics: MetricsSection = MetricsSection()
     multisite: MultisiteSiteSection | None = None  # issue 13: this node as a multi-site site
+    health: HealthSection = HealthSection()
+    console: ConsoleSection = ConsoleSection()
 
     @model_validator(mode="wrap")
     @classmethod
@@ -76,6 +85,26 @@ class NodeConfig(FrozenModel):
         """
         with reference_scope(_references(data)):
             return handler(data)
+
+    @model_validator(mode="after")
+    def _console_served(self) -> NodeConfig:
+        """The console needs users, the HTTP server it lives on, and TLS off loopback (its
+        passwords and session cookies must not cross a network in clear)."""
+        c, m = self.console, self.metrics
+        if not c.enabled:
+            return self
+        if not c.users:
+            raise ValueError("console.enabled needs at least one entry in console.users")
+        if not m.enabled:
+            raise ValueError("console.enabled needs metrics.enabled (the console and REST API"
+                             " are served by the metrics endpoint's server)")  # fmt: skip
+        if (m.tls_cert is None) != (m.tls_key is None):
+            raise ValueError("metrics.tls_cert and metrics.tls_key go together")
+        if m.tls_cert is None and m.host not in ("127.0.0.1", "::1", "localhost"):
+            raise ValueError(f"console.enabled on metrics.host {m.host} needs metrics.tls_cert"
+                             " and metrics.tls_key (HTTPS): passwords and session cookies must"
+                             " not cross the network in clear")  # fmt: skip
+        return self
 
     @property
     def spool_dir(self) -> Path:

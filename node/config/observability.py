@@ -32,8 +32,11 @@ class AuditSection(FrozenModel):
 
 
 class MetricsSection(FrozenModel):
-    """Prometheus endpoint: ``/metrics`` and ``/healthz`` over plain HTTP."""
+    """The node's HTTP server: ``/metrics``, ``/healthz`` and, with ``console.enabled``,
+    ``/api/v1`` and ``/console``; plain HTTP unless ``tls_cert`` and ``tls_key`` are set."""
 
     enabled: bool = False
     host: str = "127.0.0.1"
     port: Port = Field(default=9464)
+    tls_cert: Path | None = Field(default=None, description="PEM certificate (chain) for HTTPS")
+    tls_key: Path | None = Field(default=None, description="its private key (mode 0600)")

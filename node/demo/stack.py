@@ -118,7 +118,15 @@ class Stack:
         quiet_seconds: float = 2.0,
         pacs: str = "auto",
         metrics: bool = False,
+        console_users: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
+        """``console_users`` (name -> password hash, all operators) turns on the console and
+        REST API over HTTPS (a server certificate of the demo CA); ``extra`` overrides
+        top-level config sections."""
+        self.console_users = console_users
+        self.extra = extra or {}
+        self.certs: dict[str, Path] = {}
         self.workdir = workdir
         self.quiet_seconds = quiet_seconds
         self.use_orthanc = pacs == "orthanc" or (pacs == "auto" and find_orthanc() is not None)
@@ -138,12 +146,15 @@ class Stack:
         create_ca(tls / "ca")
         server = issue_server_cert(tls / "ca", tls / "server")
         client = issue_client_cert(tls / "ca", tls / "hospital", "st-example-hospital")
+        http = issue_server_cert(tls / "ca", tls / "node-http")
         return {
             "ca": tls / "ca" / "ca.crt",
             "server_cert": server.cert,
             "server_key": server.key,
             "client_cert": client.cert,
             "client_key": client.key,
+            "http_cert": http.cert,
+            "http_key": http.key,
         }
 
     def start_vendor(self, certs: dict[str, Path]) -> None:
@@ -217,8 +228,6 @@ class Stack:
                     "client_key": str(certs["client_key"]),
                     "ca": str(certs["ca"]),
                     "models": ["demo-lesion"],
-                    "max_attempts": 5,
-                    "initial_backoff_seconds": 0.5,
                 }
             },
             "sr": {"series_number": 9901},
@@ -242,11 +251,20 @@ class Stack:
             ],
             "metrics": {"enabled": self.metrics, "port": free_port()},
         }
+        if self.console_users:
+            data["metrics"] = {"enabled": True, "port": free_port(),
+                               "tls_cert": str(certs["http_cert"]),
+                               "tls_key": str(certs["http_key"])}  # fmt: skip
+            data["console"] = {"enabled": True, "users": [
+                {"name": n, "password_hash": h, "role": "operator"}
+                for n, h in self.console_users.items()
+            ]}  # fmt: skip
+        data.update(self.extra)
         return parse_model(data, NodeConfig, "<demo config>")
 
     def __enter__(self) -> Stack:
         try:
-            certs = self.make_certs()
+            certs = self.certs = self.make_certs()
             self.start_vendor(certs)
             if self.use_orthanc:
                 self.pacs = Orthanc(
@@ -275,6 +293,11 @@ class Stack:
         if self.pacs is not None:
             self.pacs.__exit__(None, None, None)
             self.pacs = None
+        self.stop_vendor()
+
+    def stop_vendor(self) -> None:
+        """Stop the vendor peer (an outage); :meth:`start_vendor` with :attr:`certs` brings it
+        back on the same port with the same state."""
         if self.vendor_proc is not None:
             stop_process(self.vendor_proc, timeout=15)
             self.vendor_log.close()

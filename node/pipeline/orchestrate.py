@@ -36,6 +36,7 @@ from node.config.routes import ForwardAction, InferAction
 from node.deid import DeidKeys
 from node.jobs import Job, JobError, JobStore
 from node.metrics import NodeMetrics
+from node.pauses import Pauses
 from node.pipeline.context import StepContext
 from node.pipeline.deid import Deidentified, deidentify_for_inference
 from node.pipeline.deliver import Delivered, DeliveryKind, deliver
@@ -147,8 +148,10 @@ class Pipeline:
         jobs: JobStore,
         audit: AuditLedger | None = None,
         metrics: NodeMetrics | None = None,
+        pauses: Pauses | None = None,
     ) -> None:
         self.cfg = cfg
+        self.pauses = pauses  # destinations an operator paused hold their deliveries back
         self.pseudonyms = pseudonyms
         self.backends = backends
         self.jobs = jobs
@@ -308,6 +311,8 @@ class Pipeline:
         kind: DeliveryKind,
     ) -> None:
         if files and steps.get(Delivered, tag, dest) is None:
+            if self.pauses is not None:
+                self.pauses.check("destination", dest)
             delivered = deliver(self.ctx, job, dest, files, kind)
             self._boundary("sent")
             steps.put(delivered, tag, dest)
