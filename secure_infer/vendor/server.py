@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import ssl
@@ -274,8 +275,13 @@ class VendorServer:
             try:
                 settings = self.settings
                 if settings.config_path is not None:
-                    settings = await anyio.to_thread.run_sync(
+                    fresh = await anyio.to_thread.run_sync(
                         lambda: settings_from_config(settings.config_path)  # type: ignore[arg-type]
+                    )
+                    # what a reload changes; limits, workers and state_dir need a restart
+                    settings = dataclasses.replace(
+                        settings,
+                        **{k: getattr(fresh, k) for k in _RELOADED},
                     )
                 new_crl = self._crl(settings)
                 registry, refused = await anyio.to_thread.run_sync(
@@ -287,7 +293,7 @@ class VendorServer:
                 write_status(self.settings.state_dir, status)
                 return status
             old_pool = self.pool
-            if registry.manifests() != self.registry.manifests() or not registry.models:
+            if _builds(registry) != _builds(self.registry):  # workers load the models anew
                 pool = self._new_pool(registry)
                 await pool.start()
             else:
@@ -352,6 +358,16 @@ class VendorServer:
         while len(self._answered) > _REPLAY_CACHE:
             self._answered.popitem(last=False)
 
+
+
+_RELOADED = ("manifests", "pins", "retired", "check", "check_tolerance", "access", "crl",
+             "client_ca")
+"""The settings a reload (SIGHUP) takes from the config file."""
+
+
+def _builds(registry: Registry) -> dict[str, Any]:
+    """Each live model's build (its files' stamps): a changed one needs new workers."""
+    return {k: (m.manifest_path, m.stamp) for k, m in registry.models.items()}
 
 
 # ------------------------------------------------------------------------ helpers
