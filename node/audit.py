@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import enum
 import fcntl
-import hashlib
 import json
 import logging
 import math
@@ -43,10 +42,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from prometheus_client import CollectorRegistry
 
@@ -63,9 +60,15 @@ from secure_infer import (
     body_hash,
     canonical_json,
     cut_torn_tail,
+    head_fault,
+    key_fingerprint,
+    public_key_pem,
     read_last_line,
-    signing_input,
+    sign_hash,
+    signature_valid,
 )
+from secure_infer import SignedHead as _SharedSignedHead
+from secure_infer import load_public_key as _load_public_key
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +100,7 @@ FORMAT_VERSION = 1
 GENESIS_HASH = GENESIS
 SIGNATURE_DOMAIN = b"blindread-audit-v1\x00"
 HEAD_SIGNATURE_DOMAIN = b"blindread-audit-head-v1\x00"
-_HEAD_KEYS = frozenset({"v", "seq", "hash", "counter", "signature"})
 _ENTRY_KEYS = frozenset({"v", "seq", "time", "kind", "details", "prev_hash", "hash", "signature"})
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_HEX128 = re.compile(r"^[0-9a-f]{128}$")
 
 
 class AuditError(NodeError):
@@ -229,10 +229,6 @@ def entry_hash(v: int, seq: int, time: str, kind: str, details: Any, prev_hash: 
                       "prev_hash": prev_hash})
 
 
-def _signed_bytes(hash_hex: str) -> bytes:
-    return signing_input(SIGNATURE_DOMAIN, hash_hex)
-
-
 @dataclass(frozen=True)
 class AuditEntry:
     """One ledger entry, as stored."""
@@ -290,106 +286,39 @@ class AuditEntry:
         return entry_hash(self.v, self.seq, self.time, self.kind, self.details, self.prev_hash)
 
     def signature_valid(self, key: Ed25519PublicKey) -> bool:
-        if not _HEX64.match(self.hash) or not _HEX128.match(self.signature):
-            return False
-        try:
-            key.verify(bytes.fromhex(self.signature), _signed_bytes(self.hash))
-        except InvalidSignature:
-            return False
-        return True
+        return signature_valid(key, SIGNATURE_DOMAIN, self.hash, self.signature)
 
 
 def _utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def key_fingerprint(key: Ed25519PublicKey) -> str:
-    """``SHA256:<hex>`` of the raw 32-byte public key (compare it with an off-host copy)."""
-    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return "SHA256:" + hashlib.sha256(raw).hexdigest()
-
-
 def load_public_key(path: str | Path) -> Ed25519PublicKey:
     """Read a PEM (SubjectPublicKeyInfo) Ed25519 public key."""
-    try:
-        key = serialization.load_pem_public_key(Path(path).read_bytes())
-    except FileNotFoundError:
+    if not Path(path).exists():
         raise AuditError(
             f"{path}: no such public key file (the node publishes it beside the ledger when "
             "it writes the ledger's first entry; or pass --public-key)"
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise AuditError(f"{path}: cannot read public key ({type(exc).__name__})") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise AuditError(f"{path}: not an Ed25519 public key")
-    return key
+        )
+    try:
+        return _load_public_key(path)
+    except ValueError as exc:
+        raise AuditError(str(exc)) from None
 
 
-@dataclass(frozen=True)
-class SignedHead:
+class SignedHead(_SharedSignedHead):
     """Where the ledger ended when the node last appended, signed by the ledger's key.
 
-    ``counter`` grows by one with every head the node signs for this ledger and never goes
-    back (it equals ``seq`` unless the ledger was anchored after it already had entries), so of
-    two genuine heads the later one is known. The signature covers
+    The one implementation is :class:`secure_infer.chain.SignedHead` (shared with the vendor's
+    chain); this subclass only names the ledger's head domain. ``counter`` grows by one with
+    every head the node signs for this ledger and never goes back (it equals ``seq`` unless the
+    ledger was anchored after it already had entries), so of two genuine heads the later one
+    is known. The signature covers
     ``HEAD_SIGNATURE_DOMAIN + SHA-256(canonical JSON of {v, seq, hash, counter})``.
     """
 
-    seq: int
-    hash: str
-    counter: int
-    signature: str
-    v: int = FORMAT_VERSION
-
-    def body(self) -> dict[str, Any]:
-        return {"v": self.v, "seq": self.seq, "hash": self.hash, "counter": self.counter}
-
-    def to_bytes(self) -> bytes:
-        return canonical_json({**self.body(), "signature": self.signature}) + b"\n"
-
-    @classmethod
-    def sign(cls, key: Ed25519PrivateKey, at: ChainHead, counter: int) -> SignedHead:
-        body = {"v": FORMAT_VERSION, "seq": at.seq, "hash": at.hash, "counter": counter}
-        sig = key.sign(signing_input(HEAD_SIGNATURE_DOMAIN, body_hash(body))).hex()
-        return cls(at.seq, at.hash, counter, sig)
-
-    @classmethod
-    def read(cls, path: Path) -> SignedHead | str | None:
-        """The head stored in ``path``; ``None`` if there is none, or what is wrong with it."""
-        try:
-            obj = json.loads(path.read_bytes())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError):
-            return "unreadable"
-        if not isinstance(obj, dict):
-            return "unreadable"
-        if set(obj) != _HEAD_KEYS:
-            if set(obj) == {"seq", "hash", "signature"}:
-                return "in the old unsigned format (only the newest entry's signature)"
-            return "unreadable (wrong keys)"
-        ints = (obj["v"], obj["seq"], obj["counter"])
-        if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in ints):
-            return "unreadable (v, seq, counter must be integers)"
-        if not isinstance(obj["hash"], str) or not isinstance(obj["signature"], str):
-            return "unreadable (hash, signature must be strings)"
-        return cls(obj["seq"], obj["hash"], obj["counter"], obj["signature"], obj["v"])
-
-    def signature_valid(self, key: Ed25519PublicKey) -> bool:
-        if self.v != FORMAT_VERSION or not _HEX64.match(self.hash):
-            return False
-        if not _HEX128.match(self.signature):
-            return False
-        try:
-            key.verify(bytes.fromhex(self.signature),
-                       signing_input(HEAD_SIGNATURE_DOMAIN, body_hash(self.body())))
-        except InvalidSignature:
-            return False
-        return True
-
-    @property
-    def at(self) -> ChainHead:
-        return ChainHead(self.seq, self.hash)
+    DOMAIN: ClassVar[bytes] = HEAD_SIGNATURE_DOMAIN
+    FORMAT: ClassVar[int] = FORMAT_VERSION
 
 
 # --- writing -----------------------------------------------------------------------------------
@@ -451,9 +380,7 @@ class AuditLedger:
         return head_path(self.path)
 
     def _publish_public_key(self) -> None:
-        pem = self.public_key.public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        pem = public_key_pem(self.public_key)
         pub = self.public_key_path
         if pub.exists():
             if pub.read_bytes() != pem:
@@ -569,9 +496,9 @@ class AuditLedger:
 
     def _put_head(self, head: SignedHead) -> None:
         """The ledger's own head first, then the anchor (so the anchor is never ahead)."""
-        atomic_write(self.head_path, head.to_bytes(), mode=0o640, sync=self._fsync)
+        head.put(self.head_path, sync=self._fsync)
         if self.anchor is not None:
-            atomic_write(self.anchor, head.to_bytes(), mode=0o640, sync=self._fsync)
+            head.put(self.anchor, sync=self._fsync)
 
     def _write(
         self, fd: int, after: ChainHead, counter: int, stamp: str, kind: str,
@@ -580,7 +507,7 @@ class AuditLedger:
         """Sign and append the entry that follows ``after``, then replace the signed head."""
         seq, prev = after.seq + 1, after.hash
         h = entry_hash(FORMAT_VERSION, seq, stamp, kind, details, prev)
-        sig = self._key.sign(_signed_bytes(h)).hex()
+        sig = sign_hash(self._key, SIGNATURE_DOMAIN, h)
         entry = AuditEntry(seq, stamp, kind, details, prev, h, sig)
         append_line(fd, (entry.to_json() + "\n").encode("ascii"), sync=self._fsync)
         self._put_head(SignedHead.sign(self._key, entry.tip, counter + 1))
@@ -653,35 +580,6 @@ def _link_reason(fault: LinkFault, got_seq: int, seq: int) -> str:
     return "content does not match its hash (entry edited)"
 
 
-def _head_fault(
-    what: str, head: SignedHead | str | None, named_at: int | None, n: int, key: Ed25519PublicKey
-) -> str | None:
-    """What is wrong with a signed head (the ledger's own, or its anchor) for ``n`` entries.
-
-    ``named_at`` is the seq of the entry whose hash the head names (0 for genesis, ``None``
-    if no entry has it). A head names the newest entry or, after a crash between the entry
-    and its head, the one before it.
-    """
-    if head is None:
-        return f"{what} file missing: truncation not ruled out"
-    if isinstance(head, str):
-        return f"{what} {head}"
-    # The seq check first: an edited seq is named as such (the signature would fail too).
-    if named_at is not None and named_at != head.seq:
-        return f"{what} names entry seq {named_at} but says seq {head.seq}: {what} edited"
-    if not head.signature_valid(key):
-        return f"{what} has an invalid signature (rebuilt without the key?)"
-    if head.seq > n:
-        return (f"ledger ends at seq {n} but the {what} says seq {head.seq}:"
-                " entries were cut off the end")
-    if named_at is None:
-        return f"{what} names no entry of this ledger"
-    if head.seq < n - 1:
-        return (f"{what} is at seq {head.seq} but the ledger has {n} entries:"
-                f" the {what} was replaced by an older one")
-    return None
-
-
 def verify_ledger(
     path: str | Path, key: Ed25519PublicKey, *, check_head: bool = True,
     anchor: str | Path | None = None,
@@ -745,9 +643,9 @@ def verify_ledger(
     def at(h: SignedHead | str | None) -> int | None:
         return named.get(h.hash) if isinstance(h, SignedHead) else None
 
-    fault = _head_fault("signed head", head, at(head), n, key)
+    fault = head_fault("signed head", head, at(head), n, key)
     if fault is None and anchor is not None:
-        fault = _head_fault(f"anchor ({anchor})", anch, at(anch), n, key)
+        fault = head_fault(f"anchor ({anchor})", anch, at(anch), n, key)
         if fault is None:
             assert isinstance(head, SignedHead) and isinstance(anch, SignedHead)
             if anch.counter > head.counter or anch.seq > head.seq:

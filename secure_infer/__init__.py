@@ -35,6 +35,8 @@ _WHERE = {
     "OutputLabel": "manifest",
     "Preprocessing": "manifest",
     "load_manifest": "manifest",
+    "ModelRef": "modelref",
+    "parse_model_ref": "modelref",
     # errors
     "CiphertextError": "errors",
     "CompileError": "errors",
@@ -55,12 +57,19 @@ _WHERE = {
     "ChainHead": "chain",
     "HashChain": "chain",
     "LinkFault": "chain",
+    "SignedHead": "chain",
     "append_line": "chain",
     "body_hash": "chain",
     "canonical_json": "chain",
     "cut_torn_tail": "chain",
     "entry_hash": "chain",
+    "head_fault": "chain",
+    "key_fingerprint": "chain",
+    "load_public_key": "chain",
+    "public_key_pem": "chain",
     "read_last_line": "chain",
+    "sign_hash": "chain",
+    "signature_valid": "chain",
     "signing_input": "chain",
     "verify_chain": "chain",
     # typed YAML config (the vendor's and the node's)
@@ -120,12 +129,19 @@ if TYPE_CHECKING:  # the same names, eagerly, so type checkers see their real ty
         ChainHead,
         HashChain,
         LinkFault,
+        SignedHead,
         append_line,
         body_hash,
         canonical_json,
         cut_torn_tail,
         entry_hash,
+        head_fault,
+        key_fingerprint,
+        load_public_key,
+        public_key_pem,
         read_last_line,
+        sign_hash,
+        signature_valid,
         signing_input,
         verify_chain,
     )
@@ -163,6 +179,7 @@ if TYPE_CHECKING:  # the same names, eagerly, so type checkers see their real ty
         Preprocessing,
         load_manifest,
     )
+    from secure_infer.modelref import ModelRef, parse_model_ref
     from secure_infer.params import CkksParams, select_params
     from secure_infer.plan import Plan
     from secure_infer.spec import MAX_CIPHERTEXTS, PlanSpec

@@ -29,6 +29,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -44,7 +45,7 @@ from secure_infer.manifest import (
 )
 from secure_infer.plan import Plan
 
-__all__ = ["MODEL_CHECK_HELP", "add_model_check_arguments", "run_model_check"]
+__all__ = ["MODEL_CHECK_HELP", "add_model_check_arguments", "preflight_error", "run_model_check"]
 
 MODEL_CHECK_HELP = (
     "compile an ONNX model to an HE plan and compare encrypted outputs with onnxruntime"
@@ -241,3 +242,40 @@ def _onnxruntime(model: Path, x: np.ndarray) -> np.ndarray:
         y = sess.run(None, {name: xin.astype(np.float32)})[0]
         rows.append(np.asarray(y, dtype=np.float64).reshape(-1))
     return np.stack(rows)
+
+
+def preflight_error(
+    vendor: Any, model: Path, prefix: Path | None = None, samples: int = 4, seed: int = 0,
+    encrypted: bool = True,
+) -> float:
+    """The vendor registry's check before a model goes live: max |outputs - onnxruntime|.
+
+    ``vendor`` is the compiled :class:`~secure_infer.vendor.model.VendorModel`, ``model`` its
+    private ONNX file and ``prefix`` the public prefix network of a split model (its outputs
+    are the private model's inputs). With ``encrypted`` the inputs go the whole way (keys,
+    encrypt, evaluate, decrypt) as in ``model check``; otherwise the plan runs in clear (a
+    compile check only). Deterministic for a ``seed``.
+    """
+    from secure_infer.hospital.session import HospitalSession, apply_activations
+
+    spec = vendor.spec
+    lo, hi = vendor.manifest.input.range
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(lo, hi, size=(samples, *vendor.manifest.input.shape))
+    if prefix is not None:
+        x = _onnxruntime(prefix, x)
+    x = x.reshape(samples, *spec.packing.input_shape)
+    ref = _onnxruntime(model, x)
+    if encrypted:
+        with tempfile.TemporaryDirectory(prefix="blindread-preflight-") as keys:
+            hospital = HospitalSession.create(spec, Path(keys))
+            ctx = vendor.load_context(hospital.public_context_bytes())
+            cts = hospital.encrypt(x)
+            outs: list[bytes] = []
+            for i in range(0, len(cts), spec.max_ciphertexts):
+                outs += vendor.evaluate(ctx, cts[i : i + spec.max_ciphertexts])
+            logits = hospital.decrypt(outs, samples)
+    else:
+        logits = vendor.plan.forward_clear(vendor.plan.packing.pack(x))
+    got = apply_activations(np.asarray(logits)[:, : ref.shape[1]], spec.activations)
+    return float(np.max(np.abs(got - ref)))

@@ -4,14 +4,19 @@ hospital's :mod:`secure_infer.hospital.client`.
 Endpoints (all under ``/v1``, HTTPS with mutual TLS)::
 
     GET  /v1/health                      {"status": "ok", ...}
-    GET  /v1/models                      {"models": [{"name", "version"}]}
-    GET  /v1/models/{name}/manifest      {"manifest": <public manifest>, "spec": <PlanSpec JSON>}
-    PUT  /v1/contexts?model={name}       body: serialized public context -> {"sha256", "created"}
+    GET  /v1/models                      {"models": [{"name", "version", "current"}]}
+    GET  /v1/models/{ref}/manifest       {"manifest": <public manifest>, "spec": <PlanSpec JSON>}
+    PUT  /v1/contexts?model={ref}        body: serialized public context -> {"sha256", "created"}
     HEAD /v1/contexts/{sha256}           200 if this hospital already uploaded it, else 404
     GET  /v1/contexts/{sha256}           {"sha256", "bytes"} or 404
-    POST /v1/models/{name}/infer         body: framed ciphertexts (secure_infer.framing)
+    POST /v1/models/{ref}/infer          body: framed ciphertexts (secure_infer.framing)
                                          headers: X-BlindRead-Context, X-BlindRead-Job
                                          -> framed output ciphertexts
+
+``{ref}`` is ``name`` (the vendor's current version) or ``name@version`` (pinned;
+:mod:`secure_infer.modelref`). A hospital may be refused a model, a context beyond its quota
+(403 ``access_denied`` / ``model_not_permitted`` / ``context_quota`` / ``certificate_revoked``)
+or a request beyond its rate (429 ``rate_limited`` with ``Retry-After``).
 
 A request carries no identifier of any kind: only the context hash and a fresh random job token
 (128 bits, hex) that lets both sides' hash chains and logs be matched later. Errors are JSON
@@ -34,7 +39,9 @@ __all__ = [
     "H_MODEL_VERSION",
     "H_QUEUE_SECONDS",
     "H_SERVER_SECONDS",
+    "AccessDeniedError",
     "BadRequestError",
+    "RateLimitedError",
     "ServerBusyError",
     "ServerTimeoutError",
     "TooLargeError",
@@ -96,6 +103,25 @@ class ServerTimeoutError(InferenceError):
     http_status = 503
 
     def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class AccessDeniedError(InferenceError):
+    """This hospital may not do this (model not permitted, quota reached, certificate revoked,
+    not enrolled); ``code`` names which."""
+
+    code = "access_denied"
+    http_status = 403
+
+
+class RateLimitedError(InferenceError):
+    """This hospital sent more requests per minute than it may; retry after ``retry_after``."""
+
+    code = "rate_limited"
+    http_status = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
 

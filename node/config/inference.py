@@ -36,8 +36,19 @@ class VendorPeerSection(FrozenModel):
     initial_backoff_seconds: float = Field(default=1.0, gt=0)
     max_backoff_seconds: float = Field(default=60.0, gt=0)
     models: tuple[str, ...] = Field(
-        default=(), description="names of the models routes may use at this peer"
+        default=(),
+        description="models routes may use at this peer: NAME (the vendor's current version,"
+        " or any version a route pins) or NAME@VERSION (only that version)",
     )
+
+    @field_validator("models")
+    @classmethod
+    def _model_refs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        from secure_infer import parse_model_ref
+
+        for item in v:
+            parse_model_ref(item)
+        return v
 
     @field_validator("url")
     @classmethod

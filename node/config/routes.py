@@ -34,6 +34,7 @@ from pydicom.datadict import dictionary_VR, keyword_dict
 
 from node.config.base import FrozenModel
 from node.config.sr import SrSection
+from secure_infer import parse_model_ref
 
 __all__ = [
     "Action",
@@ -314,11 +315,16 @@ class InferAction(FrozenModel):
     def _model_known(cls, value: str, info: ValidationInfo) -> str:
         vendors = _REFS.get().vendors
         vendor = info.data.get("vendor")
+        try:
+            ref = parse_model_ref(value)
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
         if (
             vendors is not None
             and isinstance(vendor, str)
             and vendor in vendors
             and value not in vendors[vendor]
+            and ref.name not in vendors[vendor]  # a listed name allows a pinned version of it
         ):
             raise ValueError(
                 f"unknown model {value!r} at vendor {vendor!r}; known: {_known(vendors[vendor])}"

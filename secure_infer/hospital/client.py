@@ -8,7 +8,10 @@ decrypt the outputs and apply the manifest's final activation in clear. Nothing 
 ever sent back (the IND-CPA^D caveat of CKKS, see docs/threat-model.md).
 
 
-Retries: 503 (honouring Retry-After) and connection failures are retried with exponential
+``model_name`` is ``name`` (the vendor's current version) or ``name@version`` (pinned; the
+manifest the vendor answers with must be that version).
+
+Retries: 503 and 429 (honouring Retry-After) and connection failures are retried with exponential
 backoff up to ``max_attempts``; a certificate verification failure is not (it will not heal).
 Use from the node (one client per configured vendor, reused across jobs)::
 
@@ -267,10 +270,10 @@ class VendorClient:
                 )
                 wait = delay
             else:
-                if resp.status_code != 503:
+                if resp.status_code not in (429, 503):
                     return resp, t_headers, t_done
-                last = f"503 {self._error_code(resp)}"
-                reason = "busy"
+                last = f"{resp.status_code} {self._error_code(resp)}"
+                reason = "busy" if resp.status_code == 503 else "rate_limited"
                 wait = delay
                 ra = resp.headers.get("Retry-After")
                 if ra is not None and ra.isdigit():
@@ -328,12 +331,22 @@ class VendorClient:
     def model_info(self, name: str) -> tuple[Manifest, Any]:
         """The public manifest and PlanSpec of ``name`` (cached per client)."""
         if name not in self._models:
+            from secure_infer.modelref import parse_model_ref
             from secure_infer.spec import PlanSpec
 
+            try:
+                ref = parse_model_ref(name)
+            except ValueError as exc:
+                raise InferenceError(str(exc), code="bad_model_reference") from None
             doc = self._json(f"/models/{name}/manifest")
             manifest = Manifest.model_validate(doc["manifest"])
             if manifest.onnx is not None:
                 raise InferenceError("vendor manifest names a private model file; refusing it")
+            if manifest.name != ref.name or ref.version not in (None, manifest.version):
+                raise InferenceError(
+                    f"asked for model {ref} but the vendor answered with"
+                    f" {manifest.name}@{manifest.version}"
+                )
             self._models[name] = (manifest, PlanSpec.from_json(doc["spec"]))
             if manifest.prefix_onnx:
                 self._prefixes[name] = self._load_prefix(name, doc.get("prefix_sha256"))

@@ -1,7 +1,8 @@
 """Errors -> HTTP responses for the vendor server, in one place.
 
 Every :class:`~secure_infer.errors.InferenceError` becomes ``{"error": code, "detail": text}``
-with its ``http_status`` (plus ``Retry-After`` for busy/timeout answers); Starlette's own
+with its ``http_status`` (plus ``Retry-After`` for busy/timeout/rate-limited answers; a
+403/429 refusal of the access policy is one of them, its ``code`` the reason); Starlette's own
 routing errors keep their status with a stable code; anything else is a logged 500 whose body
 names only the exception type. Handlers raise, they never build error responses themselves.
 """
@@ -16,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from secure_infer.errors import InferenceError
-from secure_infer.wire import ServerBusyError, ServerTimeoutError
+from secure_infer.wire import RateLimitedError, ServerBusyError, ServerTimeoutError
 
 __all__ = ["EXCEPTION_HANDLERS", "error_response"]
 
@@ -27,7 +28,8 @@ def error_response(exc: InferenceError) -> JSONResponse:
     """The JSON error body and status of ``exc``."""
     headers = {}
     retry = getattr(exc, "retry_after", None)
-    if isinstance(exc, ServerBusyError | ServerTimeoutError) and retry is not None:
+    retrying = ServerBusyError | ServerTimeoutError | RateLimitedError
+    if isinstance(exc, retrying) and retry is not None:
         headers["Retry-After"] = str(retry)
     return JSONResponse(
         {"error": exc.code, "detail": str(exc)}, status_code=exc.http_status, headers=headers

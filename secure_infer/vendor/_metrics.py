@@ -1,8 +1,11 @@
 """Prometheus metrics of the vendor peer (prometheus_client, a registry of its own).
 
-Labels take only fixed values: the route template (never the raw path, which holds model names
-and context hashes), the HTTP status and the byte direction. The vendor never holds identifiers,
-but job tokens and hashes stay out of labels too: they would make every request a new series.
+Labels take only bounded values: the route template (never the raw path, which holds model
+names and context hashes), the HTTP status, the byte direction, an error or refusal code; the
+per-model series add the model name and version (bounded by the registry) and the hospital as
+the first 12 hex digits of its keyed hash (:class:`secure_infer.vendor._identity.HospitalIds`:
+bounded by the enrolled hospitals, and no name in the clear). Job tokens and context hashes stay
+out of labels: they would make every request a new series.
 """
 
 from __future__ import annotations
@@ -74,6 +77,74 @@ class VendorMetrics:
         )
         for reason in REASONS:
             self.tls_refused.labels(reason)
+
+        # per model, version and (keyed) hospital
+        mvh = ["model", "version", "hospital"]
+        self.model_requests = Counter(
+            "blindread_vendor_model_requests",
+            "Inference requests by model, version, hospital (keyed hash) and outcome",
+            [*mvh, "outcome"],
+            registry=r,
+        )
+        self.model_seconds = Histogram(
+            "blindread_vendor_model_seconds",
+            "Inference latency in the server by model, version and hospital",
+            mvh,
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.model_bytes = Counter(
+            "blindread_vendor_model_bytes",
+            "Ciphertext bytes by model, version, hospital and direction",
+            [*mvh, "direction"],
+            registry=r,
+        )
+        self.model_errors = Counter(
+            "blindread_vendor_model_errors",
+            "Failed inference requests by model, version, hospital and error code",
+            [*mvh, "code"],
+            registry=r,
+        )
+        self.access_refused = Counter(
+            "blindread_vendor_access_refused",
+            "Requests refused by the access policy, by hospital and reason",
+            ["hospital", "reason"],
+            registry=r,
+        )
+        self.models_live = Gauge(
+            "blindread_vendor_models_live", "Model versions served now", registry=r
+        )
+        self.models_refused = Gauge(
+            "blindread_vendor_models_refused",
+            "Manifests refused by the last registry (re)load (see the log for why)",
+            registry=r,
+        )
+        self.registry_generation = Gauge(
+            "blindread_vendor_registry_generation", "Registry loads so far", registry=r
+        )
+
+    def model_request(
+        self, model: str, version: str, hospital: str, seconds: float, received: int, sent: int
+    ) -> None:
+        self.model_requests.labels(model, version, hospital, "ok").inc()
+        self.model_seconds.labels(model, version, hospital).observe(seconds)
+        self.model_bytes.labels(model, version, hospital, "received").inc(received)
+        self.model_bytes.labels(model, version, hospital, "sent").inc(sent)
+
+    def model_error(
+        self, model: str, version: str, hospital: str, code: str, seconds: float
+    ) -> None:
+        self.model_requests.labels(model, version, hospital, "error").inc()
+        self.model_errors.labels(model, version, hospital, code).inc()
+        self.model_seconds.labels(model, version, hospital).observe(seconds)
+
+    def refused(self, hospital: str, reason: str) -> None:
+        self.access_refused.labels(hospital, reason).inc()
+
+    def registry_loaded(self, registry: Any, refused: list[Any]) -> None:
+        self.models_live.set(len(registry.models))
+        self.models_refused.set(len(refused))
+        self.registry_generation.set(registry.generation)
 
     def tls_refusal(self, reason: str) -> None:
         self.tls_refused.labels(reason).inc()

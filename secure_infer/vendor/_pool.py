@@ -81,7 +81,7 @@ def _init_worker(manifests: Sequence[str], store_root: str, cache_size: int) -> 
 
     for m in manifests:
         vm = VendorModel.load(Path(m))
-        _models[vm.manifest.name] = vm
+        _models[f"{vm.manifest.name}@{vm.manifest.version}"] = vm  # the registry's key
     _store = ContextStore(Path(store_root))
     _cache_size = cache_size
 

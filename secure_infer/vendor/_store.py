@@ -42,6 +42,11 @@ class ContextStore:
         """Whether this hospital's context ``sha`` is stored."""
         return self._path(namespace, sha).is_file()
 
+    def count(self, namespace: str) -> int:
+        """How many contexts this hospital keeps stored (its quota counts these)."""
+        d = self.root / namespace
+        return sum(1 for _ in d.glob("*.ctx")) if d.is_dir() else 0
+
     def size(self, namespace: str, sha: str) -> int | None:
         """Size in bytes, or None when absent."""
         try:

@@ -29,6 +29,7 @@ __all__ = [
     "issue_client_cert",
     "issue_server_cert",
     "load_ca",
+    "revoke_certificates",
 ]
 
 _DEFAULT_DAYS = 825
@@ -219,3 +220,42 @@ def cert_common_name(cert_der: bytes) -> str:
         NameOID.COMMON_NAME
     )
     return str(attrs[0].value) if attrs else ""
+
+
+def revoke_certificates(
+    ca_dir: Path, crl_path: Path, certificates: tuple[Path, ...] = (), days: int = 30
+) -> int:
+    """Add ``certificates`` (PEM files issued by this CA) to the CRL at ``crl_path`` (PEM),
+    creating it if needed, re-signed by the CA and valid for ``days``; returns how many serials
+    it lists. The vendor server re-reads the file on its next request (``tls.crl``)."""
+    ca_cert, ca_key = load_ca(ca_dir)
+    revoked: dict[int, x509.RevokedCertificate] = {}
+    if crl_path.exists():
+        old = x509.load_pem_x509_crl(crl_path.read_bytes())
+        if not old.is_signature_valid(ca_cert.public_key()):  # type: ignore[arg-type]
+            raise ValueError(f"{crl_path}: not signed by this CA")
+        revoked = {r.serial_number: r for r in old}
+    now = _now()
+    for path in certificates:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+        if cert.issuer != ca_cert.subject:
+            raise ValueError(f"{path}: not issued by this CA")
+        if cert.serial_number not in revoked:
+            revoked[cert.serial_number] = (
+                x509.RevokedCertificateBuilder()
+                .serial_number(cert.serial_number)
+                .revocation_date(now)
+                .build()
+            )
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now)
+        .next_update(now + dt.timedelta(days=days))
+    )
+    for r in revoked.values():
+        builder = builder.add_revoked_certificate(r)
+    crl = builder.sign(ca_key, hashes.SHA256())
+    crl_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(crl_path, crl.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    return len(revoked)

@@ -4,8 +4,11 @@ python -m secure_infer.vendor serve --config vendor.yaml     (or the blindread-v
 python -m secure_infer.vendor issue-cert ca     --ca-dir DIR [--cn NAME]
 python -m secure_infer.vendor issue-cert server --ca-dir DIR --out DIR [--name HOST ...]
 python -m secure_infer.vendor issue-cert client --ca-dir DIR --out DIR --cn HOSPITAL
-python -m secure_infer.vendor verify-chain FILE
+python -m secure_infer.vendor issue-cert revoke --ca-dir DIR --crl FILE CERT ...
+python -m secure_infer.vendor verify-chain FILE [--public-key PUB] [--anchor FILE]
 python -m secure_infer.vendor check-config FILE
+python -m secure_infer.vendor models --config vendor.yaml list|add MANIFEST|retire NAME@V|
+                                     current NAME@V|reload
 python -m secure_infer.vendor model check MODEL.onnx [--manifest FILE]
 
 Imports nothing of the hospital node (``node``), so a vendor installs and runs only
@@ -63,6 +66,11 @@ def build_parser(prog: str = "python -m secure_infer.vendor") -> argparse.Argume
     cli.add_argument("--cn", required=True, help="the hospital's identity at the vendor")
     cli.add_argument("--days", type=int, default=825)
     cli.add_argument("--force", action="store_true")
+    rev = csub.add_parser("revoke", help="add client certificates to the CA's CRL (tls.crl)")
+    rev.add_argument("--ca-dir", required=True, type=Path)
+    rev.add_argument("--crl", required=True, type=Path, help="the CRL file (PEM), created if new")
+    rev.add_argument("certs", nargs="*", type=Path, help="certificates (PEM) to revoke")
+    rev.add_argument("--days", type=int, default=30, help="CRL valid for (next update)")
     cert.set_defaults(handler=_issue)
 
     chk = vsub.add_parser(
@@ -71,9 +79,33 @@ def build_parser(prog: str = "python -m secure_infer.vendor") -> argparse.Argume
     chk.add_argument("file", type=Path, help="vendor config YAML")
     chk.set_defaults(handler=_check_config)
 
-    chain = vsub.add_parser("verify-chain", help="check every link of the vendor's hash chain")
+    chain = vsub.add_parser(
+        "verify-chain",
+        help="check every link, hash and signature of the vendor's chain and its signed head",
+    )
     chain.add_argument("file", type=Path, help="<state_dir>/chain.jsonl")
+    chain.add_argument("--public-key", type=Path,
+                       help="the chain's public key (default <file>.pub; use an off-host copy)")
+    chain.add_argument("--anchor", type=Path, help="the anchor copy of the head (chain_anchor)")
     chain.set_defaults(handler=_verify_chain)
+
+    models = vsub.add_parser(
+        "models", help="the running server's models: list, add, retire, set current, reload"
+    )
+    models.add_argument("--config", required=True, help="the server's vendor config YAML")
+    models.add_argument("--timeout", type=float, default=600.0,
+                        help="seconds to wait for the server's reload (default 600)")
+    rsub = models.add_subparsers(dest="models_command", metavar="ACTION")
+    rsub.required = True
+    rsub.add_parser("list", help="models live and refused at the last (re)load")
+    add = rsub.add_parser("add", help="serve another model (checked before it goes live)")
+    add.add_argument("manifest", type=Path, help="its manifest.yaml (ONNX beside it)")
+    ret = rsub.add_parser("retire", help="stop serving one version")
+    ret.add_argument("ref", help="name@version")
+    cur = rsub.add_parser("current", help="make a version the one a bare name gets")
+    cur.add_argument("ref", help="name@version")
+    rsub.add_parser("reload", help="re-read the config and the models (same as SIGHUP)")
+    models.set_defaults(handler=_models)
 
     model = vsub.add_parser("model", help="vendor model tools")
     msub = model.add_subparsers(dest="model_command", metavar="ACTION")
@@ -114,27 +146,14 @@ def _configure_logging(level: str) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from secure_infer.vendor.server import ServerSettings, TlsFiles, serve
+    from secure_infer.vendor.server import TlsFiles, serve, settings_from_config
 
     cfg = load_vendor_config(args.config)
     _configure_logging(cfg.log_level)
-    manifests = cfg.manifest_paths()
-    if not manifests:
+    settings = settings_from_config(Path(args.config))
+    if not settings.manifests:
         print(f"{args.config}: no manifest found under models_dir", file=sys.stderr)
         return 2
-    lim = cfg.limits
-    settings = ServerSettings(
-        manifests=manifests,
-        state_dir=cfg.state_dir,
-        max_request_bytes=lim.max_request_bytes,
-        max_context_bytes=lim.max_context_bytes,
-        max_frames=lim.max_frames,
-        workers=lim.workers,
-        queue_size=lim.queue_size,
-        read_timeout=lim.read_timeout_seconds,
-        evaluate_timeout=lim.evaluate_timeout_seconds,
-        context_cache=lim.context_cache,
-    )
     tls = TlsFiles(cert=cfg.tls.cert, key=cfg.tls.key, client_ca=cfg.tls.client_ca)
     try:
         serve(
@@ -176,9 +195,91 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models(args: argparse.Namespace) -> int:
+    """Edit the admin overlay (``<state_dir>/registry.json``), SIGHUP the server, print the
+    outcome of its reload; 1 if a model named by the command was refused."""
+    from secure_infer.modelref import parse_model_ref
+    from secure_infer.vendor import _admin
+
+    cfg = load_vendor_config(args.config)
+    state = cfg.state_dir
+    cmd = args.models_command
+    if cmd in ("retire", "current"):
+        try:
+            ref = parse_model_ref(args.ref)
+        except ValueError as exc:
+            print(f"models {cmd}: {exc}", file=sys.stderr)
+            return 2
+        if ref.version is None:
+            print(f"models {cmd}: name a version (NAME@VERSION)", file=sys.stderr)
+            return 2
+    if cmd == "list":
+        status = _admin.read_status(state)
+        if status is None:
+            print(f"no status in {state} (server not started?)", file=sys.stderr)
+            return 1
+        _print_status(status)
+        return 0
+    try:
+        with _admin.edit_overlay(state) as overlay:
+            if cmd == "add":
+                path = str(args.manifest.resolve())
+                if not args.manifest.is_file():
+                    print(f"models add: {args.manifest}: no such file", file=sys.stderr)
+                    return 2
+                if path not in overlay.added:
+                    overlay.added.append(path)
+            elif cmd == "retire" and args.ref not in overlay.retired:
+                overlay.retired.append(args.ref)
+            elif cmd == "current":
+                overlay.current[ref.name] = str(ref.version)
+    except ValueError as exc:
+        print(f"models {cmd}: {exc}", file=sys.stderr)
+        return 1
+    before = int((_admin.read_status(state) or {}).get("reload", -1))
+    try:
+        pid = _admin.signal_reload(state)
+    except (ProcessLookupError, PermissionError) as exc:
+        print(f"models {cmd}: saved; no server to reload now ({exc}): it applies at start",
+              file=sys.stderr)
+        return 0
+    status = _admin.wait_for_status(state, before, args.timeout)
+    if status is None:
+        print(f"models {cmd}: server {pid} did not report its reload within {args.timeout:g} s",
+              file=sys.stderr)
+        return 1
+    _print_status(status)
+    if status.get("error"):
+        return 1
+    if cmd == "add":
+        refused = [r for r in status.get("refused", []) if r["manifest"] == path]
+        return 1 if refused else 0
+    return 0
+
+
+def _print_status(status: dict[str, object]) -> None:
+    print(f"registry generation {status.get('generation')}")
+    for m in status.get("models", []):  # type: ignore[attr-defined]
+        mark = "  (current)" if m.get("current") else ""
+        print(f"  live     {m['name']}@{m['version']}{mark}")
+    for r in status.get("refused", []):  # type: ignore[attr-defined]
+        kept = " (the previous build keeps serving)" if r.get("kept_previous") else ""
+        print(f"  REFUSED  {r.get('model') or r.get('manifest')}: {r.get('reason')}{kept}")
+    if status.get("error"):
+        print(f"  RELOAD FAILED: {status['error']} (nothing changed)")
+
+
 def _issue(args: argparse.Namespace) -> int:
     from secure_infer.vendor import certs
 
+    if args.cert_kind == "revoke":
+        try:
+            n = certs.revoke_certificates(args.ca_dir, args.crl, tuple(args.certs), args.days)
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"issue-cert revoke: {exc}", file=sys.stderr)
+            return 1
+        print(f"CRL {args.crl}: {n} revoked certificate(s)")
+        return 0
     try:
         if args.cert_kind == "ca":
             pair = certs.create_ca(args.ca_dir, cn=args.cn, days=args.days, overwrite=args.force)
@@ -198,12 +299,17 @@ def _issue(args: argparse.Namespace) -> int:
 
 
 def _verify_chain(args: argparse.Namespace) -> int:
-    from secure_infer.chain import ChainError, verify_chain
+    from secure_infer.chain import ChainError, load_public_key, verify_chain
 
     try:
-        n = verify_chain(args.file)
+        key = load_public_key(args.public_key) if args.public_key else None
+        n = verify_chain(args.file, key, anchor=args.anchor)
+    except ValueError as exc:
+        print(f"verify-chain: {exc}", file=sys.stderr)
+        return 2
     except ChainError as exc:
         print(f"BROKEN: {exc}")
         return 1
-    print(f"{args.file}: OK ({n} entries)")
+    anchored = ", anchor checked" if args.anchor else ", no anchor checked"
+    print(f"{args.file}: OK ({n} entries, signatures and signed head valid{anchored})")
     return 0

@@ -9,17 +9,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from secure_infer.errors import InferenceError
 from secure_infer.yamlconfig import FrozenModel, Port, load_yaml_model
 
 __all__ = [
+    "HospitalAccessSection",
+    "VendorAccessSection",
     "VendorConfig",
     "VendorConfigError",
     "VendorLimitsSection",
     "VendorListenSection",
+    "VendorRegistrySection",
     "VendorTlsSection",
     "load_vendor_config",
 ]
@@ -55,6 +59,10 @@ class VendorTlsSection(FrozenModel):
     cert: Path
     key: Path
     client_ca: Path
+    crl: Path | None = Field(
+        default=None,
+        description="the client CA's CRL (PEM/DER); re-read when it changes, checked per request",
+    )
 
 
 class VendorLimitsSection(FrozenModel):
@@ -70,6 +78,63 @@ class VendorLimitsSection(FrozenModel):
     context_cache: int = Field(default=8, ge=1)
 
 
+def _check_refs(items: tuple[str, ...], star: bool) -> tuple[str, ...]:
+    from secure_infer.modelref import parse_model_ref
+
+    for item in items:
+        if star and item == "*":
+            continue
+        parse_model_ref(item)  # ValueError names what is expected
+    return items
+
+
+class HospitalAccessSection(FrozenModel):
+    """What one hospital (client certificate CN) may do at this vendor."""
+
+    models: tuple[str, ...] = Field(
+        default=("*",), description="'*', a model name (any version) or name@version"
+    )
+    max_contexts: int | None = Field(default=None, ge=0, description="stored contexts")
+    requests_per_minute: int | None = Field(default=None, ge=1, description="uploads + infers")
+
+    @field_validator("models")
+    @classmethod
+    def _refs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return _check_refs(v, star=True)
+
+
+class VendorAccessSection(FrozenModel):
+    """Per-hospital access rules; without this section every hospital may use every model."""
+
+    hospitals: dict[str, HospitalAccessSection] = Field(default_factory=dict)
+    default: HospitalAccessSection | None = Field(
+        default=None, description="rules for a CN not listed; omitted: such hospitals get 403"
+    )
+
+
+class VendorRegistrySection(FrozenModel):
+    """Versions served: which one is current, which are retired, how a model is checked."""
+
+    current: dict[str, str] = Field(
+        default_factory=dict, description="model name -> its current version (default: highest)"
+    )
+    retired: tuple[str, ...] = Field(default=(), description="name@version not served")
+    check: Literal["encrypted", "clear"] = Field(
+        default="encrypted", description="the check a model passes before it goes live"
+    )
+    check_tolerance: float = Field(default=1e-3, gt=0)
+
+    @field_validator("retired")
+    @classmethod
+    def _retired_refs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        from secure_infer.modelref import parse_model_ref
+
+        for item in _check_refs(v, star=False):
+            if parse_model_ref(item).version is None:
+                raise ValueError(f"{item!r}: retire one version, name@version")
+        return v
+
+
 class VendorConfig(FrozenModel):
     """Root of the vendor peer's config."""
 
@@ -81,6 +146,12 @@ class VendorConfig(FrozenModel):
     )
     state_dir: Path = Path("/var/lib/blindread-vendor")
     limits: VendorLimitsSection = VendorLimitsSection()
+    registry: VendorRegistrySection = VendorRegistrySection()
+    access: VendorAccessSection | None = None
+    chain_anchor: Path | None = Field(
+        default=None,
+        description="copy of the chain's signed head in a directory of its own (rollback check)",
+    )
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
 
     @model_validator(mode="after")
@@ -108,6 +179,7 @@ def load_vendor_config(path: str | Path) -> VendorConfig:
     base = p.resolve().parent
     tls = cfg.tls.model_copy(
         update={k: _resolve(base, getattr(cfg.tls, k)) for k in ("cert", "key", "client_ca")}
+        | ({"crl": _resolve(base, cfg.tls.crl)} if cfg.tls.crl is not None else {})
     )
     return cfg.model_copy(
         update={
@@ -115,5 +187,6 @@ def load_vendor_config(path: str | Path) -> VendorConfig:
             "models": tuple(_resolve(base, m) for m in cfg.models),
             "models_dir": None if cfg.models_dir is None else _resolve(base, cfg.models_dir),
             "state_dir": _resolve(base, cfg.state_dir),
+            "chain_anchor": None if cfg.chain_anchor is None else _resolve(base, cfg.chain_anchor),
         }
     )

@@ -12,8 +12,14 @@ Protocol: see :mod:`secure_infer.wire`; ciphertext lists use :mod:`secure_infer.
 bad input is a 4xx ``{"error": code, "detail": ...}`` from the :mod:`secure_infer.errors` tree
 (mapped in one place, :mod:`secure_infer.vendor._http`) and the server keeps serving. The server
 logs job tokens, hashes, sizes and timings only: no request can contain an identifier, and none
-is ever logged. Each answered inference is appended to the vendor's hash chain
-(:mod:`secure_infer.chain`) before the response leaves.
+is ever logged. Each answered inference is appended to the vendor's signed hash chain
+(:mod:`secure_infer.chain`, with the hospital's keyed hash) before the response leaves.
+
+Models are served from a :class:`~secure_infer.vendor._registry.Registry` (several versions side
+by side; ``/v1/models/name@version/...`` pins one, a bare name gets the current one), replaced
+whole by :meth:`VendorServer.reload` on SIGHUP, each new model checked before it goes live.
+Each hospital is held to the access policy (:mod:`secure_infer.vendor._access`: permitted
+models, stored contexts, requests per minute, the CRL) before any work is done for it.
 
 """
 
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import ssl
@@ -45,10 +52,14 @@ from secure_infer.errors import (
     UnknownContextError,
 )
 from secure_infer.framing import MEDIA_TYPE, decode_frames, encode_frames, frames_sha256
+from secure_infer.modelref import ModelRef, parse_model_ref
+from secure_infer.vendor._access import AccessPolicy, RateLimiter, RevocationList
 from secure_infer.vendor._handshake import TlsRefusals, tls_protocol_factory
 from secure_infer.vendor._http import EXCEPTION_HANDLERS
+from secure_infer.vendor._identity import HospitalIds, load_chain_key
 from secure_infer.vendor._metrics import VendorMetrics, VendorMetricsMiddleware, metrics_endpoint
 from secure_infer.vendor._pool import EvalPool
+from secure_infer.vendor._registry import Refused, Registry, ServedModel, build_registry
 from secure_infer.vendor._store import ContextStore, hospital_namespace
 from secure_infer.vendor.certs import cert_common_name, cert_fingerprint
 from secure_infer.wire import (
@@ -60,7 +71,9 @@ from secure_infer.wire import (
     H_MODEL_VERSION,
     H_QUEUE_SECONDS,
     H_SERVER_SECONDS,
+    AccessDeniedError,
     BadRequestError,
+    RateLimitedError,
     ServerBusyError,
     ServerTimeoutError,
     TooLargeError,
@@ -69,7 +82,15 @@ from secure_infer.wire import (
     check_sha256,
 )
 
-__all__ = ["ServerSettings", "TlsFiles", "VendorServer", "build_app", "build_ssl_context", "serve"]
+__all__ = [
+    "ServerSettings",
+    "TlsFiles",
+    "VendorServer",
+    "build_app",
+    "build_ssl_context",
+    "serve",
+    "settings_from_config",
+]
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +123,18 @@ class ServerSettings:
     read_timeout: float = 60.0
     evaluate_timeout: float = 300.0
     context_cache: int = 8
+    # registry (versions, retirement, the check before a model goes live)
+    pins: tuple[tuple[str, str], ...] = ()
+    retired: tuple[str, ...] = ()
+    check: str = "encrypted"
+    check_tolerance: float = 1e-3
+    # access control (None: every hospital may use every model, no limits)
+    access: AccessPolicy | None = None
+    crl: Path | None = None
+    client_ca: Path | None = None
+    chain_anchor: Path | None = None
+    # the config file re-read on SIGHUP (None: reload re-reads these settings only)
+    config_path: Path | None = None
 
 
 def build_ssl_context(tls: TlsFiles) -> ssl.SSLContext:
@@ -118,6 +151,7 @@ def build_ssl_context(tls: TlsFiles) -> ssl.SSLContext:
 class _Hospital:
     cn: str
     fingerprint: str
+    hid: str = ""  # keyed hash of the CN: the chain's and the metrics' name for it
 
     @property
     def namespace(self) -> str:
@@ -151,35 +185,155 @@ class VendorServer:
     """State shared by the request handlers: models, context store, pool, chain."""
 
     def __init__(self, settings: ServerSettings) -> None:
-        from secure_infer.vendor.model import VendorModel
-
         self.settings = settings
-        self.models: dict[str, Any] = {}
-        self.prefixes: dict[str, bytes] = {}
-        for path in settings.manifests:
-            vm = VendorModel.load(path)
-            if vm.manifest.name in self.models:
-                raise ValueError(f"model '{vm.manifest.name}' is listed twice ({path})")
-            self.models[vm.manifest.name] = vm
-            if vm.manifest.prefix_onnx:  # public: the hospital runs it in clear
-                self.prefixes[vm.manifest.name] = (
-                    Path(path).parent / vm.manifest.prefix_onnx
-                ).read_bytes()
         settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.registry, refused = self._build(settings, None)
+        if refused and not self.registry.models:
+            raise ValueError("no model could be served: " + "; ".join(
+                f"{r.model or r.manifest}: {r.reason}" for r in refused))
+        self.refused: list[Refused] = refused
+        self.reloads = 0
+        self._reloading: asyncio.Lock | None = None
         self.store = ContextStore(settings.state_dir / "contexts")
-        self.chain = HashChain(settings.state_dir / "chain.jsonl")
+        key_dir = settings.state_dir / "keys"
+        self.ids = HospitalIds.load(key_dir)
+        self.chain = HashChain(
+            settings.state_dir / "chain.jsonl", load_chain_key(key_dir),
+            anchor=settings.chain_anchor,
+        )
+        self.access = settings.access or AccessPolicy()
+        self.limiter = RateLimiter()
+        self.crl = self._crl(settings)
         self.metrics = VendorMetrics()
+        self.metrics.registry_loaded(self.registry, self.refused)
         self._answered: OrderedDict[tuple[str, str], _Answered] = OrderedDict()
         # job tokens being evaluated now: a client's retry of a slow request must not be
         # evaluated (and chained) a second time while the first is still running
         self._in_flight: set[tuple[str, str]] = set()
-        self.pool = EvalPool(
-            settings.manifests,
-            self.store.root,
-            settings.workers,
-            settings.queue_size,
-            settings.context_cache,
+        self.pool = self._new_pool(self.registry)
+
+    # -- registry ------------------------------------------------------------------------
+    @staticmethod
+    def _build(
+        settings: ServerSettings, previous: Registry | None
+    ) -> tuple[Registry, list[Refused]]:
+        from secure_infer.vendor._admin import read_overlay
+
+        overlay = read_overlay(settings.state_dir)
+        manifests = [*settings.manifests, *(Path(m) for m in overlay.added)]
+        return build_registry(
+            manifests,
+            pins={**dict(settings.pins), **overlay.current},
+            retired=(*settings.retired, *overlay.retired),
+            previous=previous,
+            encrypted_check=settings.check == "encrypted",
+            tolerance=settings.check_tolerance,
         )
+
+    @staticmethod
+    def _crl(settings: ServerSettings) -> RevocationList | None:
+        if settings.crl is None:
+            return None
+        if settings.client_ca is None:
+            raise ValueError("a CRL needs the client CA that signs it (tls.client_ca)")
+        return RevocationList(settings.crl, settings.client_ca)
+
+    def _new_pool(self, registry: Registry) -> EvalPool:
+        s = self.settings
+        return EvalPool(
+            registry.manifests(), self.store.root, s.workers, s.queue_size, s.context_cache
+        )
+
+    @property
+    def models(self) -> dict[str, Any]:
+        """``name@version`` -> VendorModel of every live model."""
+        return {k: m.vm for k, m in self.registry.models.items()}
+
+    def resolve(self, text: str) -> ServedModel:
+        """The live model a request names (``name`` or ``name@version``); 400 / 404."""
+        try:
+            ref = parse_model_ref(text)
+        except ValueError as exc:
+            raise BadRequestError(str(exc), code="bad_model_reference") from None
+        return self.registry.resolve(ref)
+
+    def model(self, name: str) -> Any:
+        """The VendorModel a request names (kept for routes that need the model only)."""
+        return self.resolve(name).vm
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the config (if any) and the admin overlay; check every new or changed
+        model; swap registry and worker pool at once. A model that fails stays out (logged);
+        a failure to read the config keeps everything as it is. Returns the status written to
+        ``registry-status.json``. One reload at a time; requests are served throughout."""
+        from secure_infer.vendor._admin import write_status
+
+        if self._reloading is None:
+            self._reloading = asyncio.Lock()
+        async with self._reloading:
+            self.reloads += 1
+            try:
+                settings = self.settings
+                if settings.config_path is not None:
+                    fresh = await anyio.to_thread.run_sync(
+                        lambda: settings_from_config(settings.config_path)  # type: ignore[arg-type]
+                    )
+                    # what a reload changes; limits, workers and state_dir need a restart
+                    settings = dataclasses.replace(
+                        settings,
+                        **{k: getattr(fresh, k) for k in _RELOADED},
+                    )
+                new_crl = self._crl(settings)
+                registry, refused = await anyio.to_thread.run_sync(
+                    lambda: self._build(settings, self.registry)
+                )
+            except (InferenceError, OSError, ValueError) as exc:
+                log.error("reload failed, nothing changed: %s", exc)
+                status = self.status(error=str(exc))
+                write_status(self.settings.state_dir, status)
+                return status
+            old_pool = self.pool
+            if _builds(registry) != _builds(self.registry):  # workers load the models anew
+                pool = self._new_pool(registry)
+                await pool.start()
+            else:
+                pool = old_pool
+            self.settings, self.registry, self.refused = settings, registry, refused
+            self.access = settings.access or AccessPolicy()
+            self.crl = new_crl
+            self.pool = pool
+            self.metrics.registry_loaded(registry, refused)
+            log.info("registry generation %d live: %s%s", registry.generation,
+                     ", ".join(sorted(registry.models)) or "no model",
+                     f"; {len(refused)} refused" if refused else "")
+            if pool is not old_pool:
+                asyncio.get_running_loop().create_task(self._retire_pool(old_pool))
+            status = self.status()
+            write_status(self.settings.state_dir, status)
+            return status
+
+    async def _retire_pool(self, pool: EvalPool) -> None:
+        """Stop a replaced pool once the requests it still runs are done."""
+        deadline = time.monotonic() + self.settings.evaluate_timeout
+        while pool.in_flight > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        pool.shutdown()
+
+    def status(self, error: str | None = None) -> dict[str, Any]:
+        """What ``registry-status.json`` and ``vendor models list`` show."""
+        out: dict[str, Any] = {
+            "reload": self.reloads,
+            "generation": self.registry.generation,
+            "models": self.registry.listing(),
+            "refused": [
+                {"manifest": r.manifest, "model": r.model, "reason": r.reason,
+                 "kept_previous": r.kept_previous}
+                for r in self.refused
+            ],
+        }
+        if error is not None:
+            out["error"] = error
+        return out
 
     def recall(self, namespace: str, job: str) -> _Answered | None:
         """The answer already given to this hospital's job token, if recent."""
@@ -204,23 +358,56 @@ class VendorServer:
         while len(self._answered) > _REPLAY_CACHE:
             self._answered.popitem(last=False)
 
-    def model(self, name: str) -> Any:
-        try:
-            return self.models[name]
-        except KeyError:
-            raise ModelNotFoundError(
-                f"model '{name}' is not served; known: {', '.join(sorted(self.models))}"
-            ) from None
+
+
+_RELOADED = ("manifests", "pins", "retired", "check", "check_tolerance", "access", "crl",
+             "client_ca")
+"""The settings a reload (SIGHUP) takes from the config file."""
+
+
+def _builds(registry: Registry) -> dict[str, Any]:
+    """Each live model's build (its files' stamps): a changed one needs new workers."""
+    return {k: (m.manifest_path, m.stamp) for k, m in registry.models.items()}
 
 
 # ------------------------------------------------------------------------ helpers
 def _hospital(request: Request) -> _Hospital:
+    """The verified client certificate's hospital; 403 ``certificate_revoked`` if on the CRL."""
     tls = request.scope.get("extensions", {}).get("tls") or {}
     chain = tls.get("client_cert_chain") or []
     if not chain:
         raise UnauthenticatedError("no verified client certificate")
     der = ssl.PEM_cert_to_DER_cert(chain[0])
-    return _Hospital(cert_common_name(der), cert_fingerprint(der))
+    srv: VendorServer = request.app.state.vendor
+    cn = cert_common_name(der)
+    if srv.crl is not None:
+        try:
+            srv.crl.check(der)
+        except AccessDeniedError as exc:
+            srv.metrics.refused(srv.ids.label(cn), exc.code)
+            raise
+    return _Hospital(cn, cert_fingerprint(der), srv.ids.of(cn))
+
+
+def _permitted(srv: VendorServer, hosp: _Hospital, ref_text: str) -> ServedModel:
+    """The model a request names, if this hospital may use it (404 / 403, reason counted)."""
+    served = srv.resolve(ref_text)
+    try:
+        srv.access.check_model(hosp.cn, served.ref)
+    except AccessDeniedError as exc:
+        srv.metrics.refused(srv.ids.label(hosp.cn), exc.code)
+        raise
+    return served
+
+
+def _rate(srv: VendorServer, hosp: _Hospital) -> None:
+    """Spend one of this hospital's requests per minute (429 ``rate_limited``)."""
+    try:
+        rules = srv.access.rules(hosp.cn)
+        srv.limiter.take(hosp.cn, rules.requests_per_minute)
+    except (AccessDeniedError, RateLimitedError) as exc:
+        srv.metrics.refused(srv.ids.label(hosp.cn), exc.code)
+        raise
 
 
 async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
@@ -267,7 +454,7 @@ async def health(request: Request) -> Response:
     return JSONResponse(
         {
             "status": "ok",
-            "models": len(srv.models),
+            "models": len(srv.registry.models),
             "in_flight": srv.pool.in_flight,
             "capacity": srv.pool.capacity,
             "chain_head": srv.chain.head,
@@ -289,12 +476,13 @@ async def healthz(request: Request) -> Response:
 
 async def list_models(request: Request) -> Response:
     srv = _srv(request)
-    _hospital(request)
+    hosp = _hospital(request)
+    rules = srv.access.rules(hosp.cn)
     return JSONResponse(
         {
             "models": [
-                {"name": m.manifest.name, "version": m.manifest.version}
-                for m in srv.models.values()
+                m for m in srv.registry.listing()
+                if rules.permits(ModelRef(m["name"], m["version"]))
             ]
         }
     )
@@ -302,9 +490,9 @@ async def list_models(request: Request) -> Response:
 
 async def manifest(request: Request) -> Response:
     srv = _srv(request)
-    _hospital(request)
-    vm = srv.model(request.path_params["name"])
-    prefix = srv.prefixes.get(vm.manifest.name)
+    hosp = _hospital(request)
+    served = _permitted(srv, hosp, request.path_params["name"])
+    vm, prefix = served.vm, served.prefix
     return JSONResponse(
         {
             "manifest": vm.manifest.public().model_dump(mode="json"),
@@ -317,9 +505,9 @@ async def manifest(request: Request) -> Response:
 async def prefix(request: Request) -> Response:
     """The public prefix network (ONNX) of a split model; the hospital runs it in clear."""
     srv = _srv(request)
-    _hospital(request)
-    vm = srv.model(request.path_params["name"])
-    data = srv.prefixes.get(vm.manifest.name)
+    hosp = _hospital(request)
+    served = _permitted(srv, hosp, request.path_params["name"])
+    vm, data = served.vm, served.prefix
     if data is None:
         raise ModelNotFoundError(
             f"model '{vm.manifest.name}' has no public prefix network", code="no_prefix"
@@ -335,7 +523,8 @@ async def put_context(request: Request) -> Response:
         raise BadRequestError(
             "query parameter 'model' is required (the context is checked against it)"
         )
-    srv.model(name)
+    served = _permitted(srv, hosp, name)
+    _rate(srv, hosp)
     claimed = request.headers.get(H_CONTEXT)
     if claimed is not None:
         check_sha256(claimed, f"header {H_CONTEXT}")
@@ -345,16 +534,22 @@ async def put_context(request: Request) -> Response:
         raise BadRequestError(
             f"body SHA-256 {sha[:12]}.. differs from {H_CONTEXT} {claimed[:12]}.."
         )
+    if not srv.store.has(hosp.namespace, sha):
+        try:
+            srv.access.check_context_quota(hosp.cn, srv.store.count(hosp.namespace))
+        except AccessDeniedError as exc:
+            srv.metrics.refused(srv.ids.label(hosp.cn), exc.code)
+            raise
     # validated against the requested model even when already stored (it may be another's)
     (sha, created), _ = await srv.pool.submit(
-        "upload", name, hosp.namespace, data, timeout=srv.settings.evaluate_timeout
+        "upload", served.key, hosp.namespace, data, timeout=srv.settings.evaluate_timeout
     )
     log.info(
         "context %s.. (%d bytes) from hospital %s stored for model %s",
         sha[:12],
         len(data),
         hosp.short,
-        name,
+        served.key,
     )
     return JSONResponse({"sha256": sha, "created": created, "bytes": len(data)})
 
@@ -372,7 +567,12 @@ async def get_context(request: Request) -> Response:
 
 
 async def _evaluate_split(
-    srv: VendorServer, model: str, hosp: _Hospital, ctx_sha: str, inputs: list[bytes]
+    srv: VendorServer,
+    model: str,
+    hosp: _Hospital,
+    ctx_sha: str,
+    inputs: list[bytes],
+    pool: EvalPool | None = None,
 ) -> tuple[list[bytes], float, float]:
     """Evaluate ``inputs``, split across idle workers when there are several.
 
@@ -380,11 +580,12 @@ async def _evaluate_split(
     (one pool slot each) and the outputs are concatenated in order. Returns
     ``(outputs, evaluate_seconds, queue_seconds)`` (the slowest part's figures).
     """
-    parts = max(1, min(srv.pool.workers, len(inputs), srv.pool.free_slots))
+    pool = pool or srv.pool  # the pool of the registry the request was resolved in
+    parts = max(1, min(pool.workers, len(inputs), pool.free_slots))
     bounds = [(len(inputs) * i // parts, len(inputs) * (i + 1) // parts) for i in range(parts)]
     results = await asyncio.gather(
         *(
-            srv.pool.submit(
+            pool.submit(
                 "evaluate",
                 model,
                 hosp.namespace,
@@ -428,9 +629,32 @@ def _refuse_answered_job(srv: VendorServer, job: str, req_sha: str) -> None:
 
 
 async def infer(request: Request) -> Response:
+    """``POST /v1/models/{ref}/infer``, counted per model, version and (keyed) hospital."""
     srv = _srv(request)
     hosp = _hospital(request)
-    vm = srv.model(request.path_params["name"])
+    served = _permitted(srv, hosp, request.path_params["name"])
+    pool = srv.pool  # the registry's pool at resolution time (a reload may swap it meanwhile)
+    labels = (served.vm.manifest.name, served.vm.manifest.version, srv.ids.label(hosp.cn))
+    t0 = time.monotonic()
+    try:
+        _rate(srv, hosp)
+        response = await _infer(request, srv, hosp, served, pool)
+    except InferenceError as exc:
+        srv.metrics.model_error(*labels, exc.code, time.monotonic() - t0)
+        raise
+    srv.metrics.model_request(
+        *labels,
+        time.monotonic() - t0,
+        int(request.headers.get("content-length") or 0),
+        len(response.body),
+    )
+    return response
+
+
+async def _infer(
+    request: Request, srv: VendorServer, hosp: _Hospital, served: ServedModel, pool: EvalPool
+) -> Response:
+    vm = served.vm
     job = check_job_token(request.headers.get(H_JOB))
     ctx_sha = check_sha256(request.headers.get(H_CONTEXT), f"header {H_CONTEXT}")
     body = await _read_body(request, srv.settings.max_request_bytes, srv.settings.read_timeout)
@@ -454,13 +678,14 @@ async def infer(request: Request) -> Response:
     try:
         t_body = time.monotonic()
         outputs, eval_s, queue_s = await _evaluate_split(
-            srv, vm.manifest.name, hosp, ctx_sha, inputs
+            srv, served.key, hosp, ctx_sha, inputs, pool
         )
         out_body = encode_frames(outputs)
         resp_sha = frames_sha256(out_body)
         entry = await anyio.to_thread.run_sync(
             lambda: srv.chain.append(
                 job=job,
+                hospital=hosp.hid,
                 model=vm.manifest.name,
                 model_version=vm.manifest.version,
                 context_sha256=ctx_sha,
@@ -474,7 +699,7 @@ async def infer(request: Request) -> Response:
             "infer job=%s model=%s ctx=%s.. hospital=%s in=%d/%dB out=%d/%dB"
             " queue=%.3fs eval=%.3fs",
             job,
-            vm.manifest.name,
+            served.key,
             ctx_sha[:12],
             hosp.short,
             len(inputs),
@@ -505,6 +730,7 @@ def build_app(server: VendorServer) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await server.pool.start()
         log.info("vendor server ready: models %s", ", ".join(sorted(server.models)))
+        _install_reload(server)
         try:
             yield
         finally:
@@ -529,6 +755,70 @@ def build_app(server: VendorServer) -> Starlette:
     app.state.vendor = server
     app.add_middleware(VendorMetricsMiddleware, metrics=server.metrics)
     return app
+
+
+def _install_reload(server: VendorServer) -> None:
+    """SIGHUP reloads the registry (and access policy, CRL); ``vendor models ...`` sends it.
+
+    Writes ``vendor.pid`` and a first ``registry-status.json`` for the admin commands."""
+    import signal
+
+    from secure_infer.vendor._admin import write_pid, write_status
+
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[Any]] = set()
+
+    def on_hup() -> None:
+        log.info("SIGHUP: reloading models, access policy and CRL")
+        task = loop.create_task(server.reload())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+    write_status(server.settings.state_dir, server.status())
+    write_pid(server.settings.state_dir)
+
+
+def settings_from_config(path: Path) -> ServerSettings:
+    """The :class:`ServerSettings` of a vendor config file (serve and SIGHUP reload alike)."""
+    from secure_infer.vendor._access import HospitalRules
+    from secure_infer.vendor.config import load_vendor_config
+
+    cfg = load_vendor_config(path)
+    lim, reg = cfg.limits, cfg.registry
+    access = None
+    if cfg.access is not None:
+
+        def rules(sec: Any) -> HospitalRules:
+            return HospitalRules(tuple(sec.models), sec.max_contexts, sec.requests_per_minute)
+
+        access = AccessPolicy(
+            {cn: rules(sec) for cn, sec in cfg.access.hospitals.items()},
+            None if cfg.access.default is None else rules(cfg.access.default),
+            enforced=True,
+        )
+    return ServerSettings(
+        manifests=cfg.manifest_paths(),
+        state_dir=cfg.state_dir,
+        max_request_bytes=lim.max_request_bytes,
+        max_context_bytes=lim.max_context_bytes,
+        max_frames=lim.max_frames,
+        workers=lim.workers,
+        queue_size=lim.queue_size,
+        read_timeout=lim.read_timeout_seconds,
+        evaluate_timeout=lim.evaluate_timeout_seconds,
+        context_cache=lim.context_cache,
+        pins=tuple(sorted(reg.current.items())),
+        retired=reg.retired,
+        check=reg.check,
+        check_tolerance=reg.check_tolerance,
+        access=access,
+        crl=cfg.tls.crl,
+        client_ca=cfg.tls.client_ca,
+        chain_anchor=cfg.chain_anchor,
+        config_path=Path(path),
+    )
 
 
 # ------------------------------------------------------------------------ uvicorn glue

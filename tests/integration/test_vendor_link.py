@@ -362,11 +362,17 @@ def test_encrypted_inference_matches_onnxruntime(env: Env) -> None:
     assert mine["response_sha256"] == res.response_sha256
     assert mine["context_sha256"] == res.context_sha256
     assert mine["entry_hash"] == res.chain_entry
+    # the hospital appears as a keyed hash only, never by its certificate's name
+    assert "hospital-a" not in chain.read_text()
+    assert len(mine["hospital"]) == 32 and mine["signature"]
     assert set(mine) == {
+        "v",
         "seq",
         "prev_hash",
         "time",
         "job",
+        "hospital",
+        "signature",
         "model",
         "model_version",
         "context_sha256",
@@ -823,7 +829,11 @@ def test_vendor_metrics_and_healthz(env: Env) -> None:
     assert values[infer_ok] >= 1
     assert values['blindread_vendor_ciphertext_bytes_total{direction="received"}'] > 0
     assert values["blindread_vendor_evaluate_seconds_count"] >= 1
-    # labels hold route templates only: no model names, hashes or job tokens
-    assert "tiny" not in scrape and "/contexts/" + "0" * 4 not in scrape
+    # route labels are templates; models appear only as the model label of the per-model
+    # series, hospitals only as keyed hashes; no hashes or job tokens
+    assert "/v1/models/tiny" not in scrape and "/contexts/" + "0" * 4 not in scrape
+    assert "hospital-a" not in scrape
+    assert any(k.startswith('blindread_vendor_model_requests_total{hospital="') and
+               'model="tiny"' in k and 'outcome="ok"' in k for k in values)
     with raw_client(env.vendor, None) as c, pytest.raises(httpx.TransportError):
         c.get("/metrics")  # same mutual TLS as the API

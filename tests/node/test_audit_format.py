@@ -60,13 +60,16 @@ def test_ledger_and_vendor_chain_follow_one_format(tmp_path: Path) -> None:
     from secure_infer.chain import HashChain
 
     led = AuditLedger.open(tmp_path / "ledger.jsonl", tmp_path / "audit.key")
-    chain = HashChain(tmp_path / "chain.jsonl")
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    chain = HashChain(tmp_path / "chain.jsonl", Ed25519PrivateKey.generate())
     for i in range(3):
         led.append("retry", {"attempt": i})
-        chain.append(job=f"{i:032x}", model="m", model_version="1", context_sha256="c" * 64,
-                     request_sha256=f"{i:064x}", response_sha256="r" * 64)
+        chain.append(job=f"{i:032x}", hospital="ab" * 16, model="m", model_version="1",
+                     context_sha256="c" * 64, request_sha256=f"{i:064x}",
+                     response_sha256="r" * 64)
     for path, hash_key, unhashed in ((led.path, "hash", {"hash", "signature"}),
-                                     (chain.path, "entry_hash", {"entry_hash"})):
+                                     (chain.path, "entry_hash", {"entry_hash", "signature"})):
         tip = ChainHead()
         for line in path.read_text(encoding="utf-8").splitlines():
             e = json.loads(line)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -68,9 +69,13 @@ def test_job_token() -> None:
 
 
 # ------------------------------------------------------------------ chain
+_KEY = Ed25519PrivateKey.generate()
+
+
 def _append(chain: HashChain, i: int) -> dict[str, object]:
     return chain.append(
         job=f"{i:032x}",
+        hospital="ab" * 16,
         model="m",
         model_version="1",
         context_sha256="c" * 64,
@@ -81,13 +86,13 @@ def _append(chain: HashChain, i: int) -> dict[str, object]:
 
 def test_chain_links_and_detects_tampering(tmp_path: Path) -> None:
     path = tmp_path / "chain.jsonl"
-    chain = HashChain(path)
+    chain = HashChain(path, _KEY)
     first = _append(chain, 1)
     second = _append(chain, 2)
     assert second["prev_hash"] == first["entry_hash"]
     assert verify_chain(path) == 2
     # reopen continues the chain
-    third = _append(HashChain(path), 3)
+    third = _append(HashChain(path, _KEY), 3)
     assert third["seq"] == 3 and third["prev_hash"] == second["entry_hash"]
     lines = path.read_text().splitlines()
     entry = json.loads(lines[1])
@@ -101,11 +106,11 @@ def test_chain_links_and_detects_tampering(tmp_path: Path) -> None:
 
 def test_chain_cuts_torn_last_line(tmp_path: Path) -> None:
     path = tmp_path / "chain.jsonl"
-    chain = HashChain(path)
+    chain = HashChain(path, _KEY)
     e1 = _append(chain, 1)
     with path.open("ab") as fh:
         fh.write(b'{"seq": 2, "prev_ha')  # crash mid-write
-    chain2 = HashChain(path)
+    chain2 = HashChain(path, _KEY)
     assert chain2.head == e1["entry_hash"]
     assert _append(chain2, 2)["seq"] == 2
     assert main(["vendor", "verify-chain", str(path)]) == 0
