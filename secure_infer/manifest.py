@@ -105,6 +105,11 @@ class Manifest(_Frozen):
     prefix_onnx: str | None = Field(
         default=None, description="optional public prefix network the hospital runs in clear"
     )
+    engine: Literal["ckks", "cheetah", "auto"] = Field(
+        default="ckks",
+        description="ckks (non-interactive HE), cheetah (two-party computation with SPU), or "
+        "auto (CKKS when the model compiles for it, else Cheetah); absent means ckks",
+    )
 
     @model_validator(mode="after")
     def _unique_outputs(self) -> Manifest:
