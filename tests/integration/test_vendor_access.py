@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from secure_infer.chain import verify_chain
-from secure_infer.hospital.client import VendorError
+from secure_infer.hospital.client import VendorError, VendorUnavailableError
 from secure_infer.vendor import certs
 from secure_infer.wire import H_CONTEXT, H_JOB, new_job_token
 from tests.integration.test_vendor_link import (
@@ -136,6 +136,11 @@ def test_requests_beyond_the_rate_get_429_with_retry_after(env: Env) -> None:
         assert int(r.headers["Retry-After"]) >= 1 and "3 requests per minute" in r.json()["detail"]
     with raw_client(env.vendor, env.pki.hospital_a) as rc:  # another hospital is not affected
         assert rc.get("/v1/models/tiny/manifest").status_code == 200
+    # the hospital client retries a 429 like a 503 (Retry-After capped by its max backoff)
+    with client_for(env.vendor, env.pki.hospital_b, env.keys / "b", max_attempts=2,
+                    initial_backoff=0.05, max_backoff=0.1) as c, pytest.raises(
+            VendorUnavailableError, match="after 2 attempts: 429 rate_limited"):
+        c.ensure_context("other")
 
 
 def test_stored_context_quota(env: Env) -> None:
