@@ -25,7 +25,14 @@ from dataclasses import dataclass
 
 from node.config.console import ConsoleUser
 
-__all__ = ["Session", "Sessions", "authenticate", "hash_password", "verify_password"]
+__all__ = [
+    "LoginThrottle",
+    "Session",
+    "Sessions",
+    "authenticate",
+    "hash_password",
+    "verify_password",
+]
 
 _N, _R, _P = 2**14, 8, 1
 
@@ -54,6 +61,37 @@ def authenticate(users: tuple[ConsoleUser, ...], name: str, password: str) -> Co
     user = next((u for u in users if u.name == name), None)
     ok = verify_password(password, user.password_hash if user else _DUMMY)
     return user if ok and user is not None else None
+
+
+class LoginThrottle:
+    """Refuses a user name for ``lock_seconds`` after ``max_failures`` wrong passwords within
+    ``window_seconds`` (password guessing through the login form or HTTP Basic)."""
+
+    def __init__(
+        self, max_failures: int = 5, window_seconds: float = 300.0, lock_seconds: float = 300.0
+    ) -> None:
+        self.max_failures = max_failures
+        self.window = window_seconds
+        self.lock = lock_seconds
+        self._lock = threading.Lock()
+        self._failures: dict[str, list[float]] = {}
+
+    def locked(self, name: str) -> bool:
+        now = time.time()
+        with self._lock:
+            recent = [t for t in self._failures.get(name, []) if now - t < self.window]
+            self._failures[name] = recent
+            return len(recent) >= self.max_failures and now - recent[-1] < self.lock
+
+    def failed(self, name: str) -> None:
+        with self._lock:
+            self._failures.setdefault(name, []).append(time.time())
+            if len(self._failures) > 10_000:  # bounded: forget the oldest names
+                self._failures.pop(next(iter(self._failures)))
+
+    def succeeded(self, name: str) -> None:
+        with self._lock:
+            self._failures.pop(name, None)
 
 
 @dataclass(frozen=True)

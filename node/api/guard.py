@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
-from node.api.auth import Sessions, authenticate
+from node.api.auth import LoginThrottle, Sessions, authenticate
 from node.config.console import ConsoleUser
 
 __all__ = ["COOKIE", "Caller", "Guard"]
@@ -40,6 +40,18 @@ class Guard:
     def __init__(self, users: tuple[ConsoleUser, ...], sessions: Sessions) -> None:
         self.users = users
         self.sessions = sessions
+        self.throttle = LoginThrottle()
+
+    def login(self, name: str, password: str) -> ConsoleUser | None:
+        """The user if the password is theirs and the name is not locked by failures."""
+        if self.throttle.locked(name):
+            return None
+        user = authenticate(self.users, name, password)
+        if user is None:
+            self.throttle.failed(name)
+        else:
+            self.throttle.succeeded(name)
+        return user
 
     def caller(self, request: Request) -> Caller | None:
         s = self.sessions.get(request.cookies.get(COOKIE))
@@ -51,7 +63,7 @@ class Guard:
                 name, _, pw = base64.b64decode(auth[6:], validate=True).decode().partition(":")
             except (binascii.Error, UnicodeDecodeError):
                 return None
-            user = authenticate(self.users, name, pw)
+            user = self.login(name, pw)
             if user is not None:
                 return Caller(user.name, user.role, None)
         return None

@@ -20,7 +20,6 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from node.api.auth import authenticate
 from node.api.guard import COOKIE, Caller, Guard
 from node.api.ops import ActionResult, Operations
 from node.console.templates import env
@@ -94,10 +93,11 @@ def console_routes(ops: Operations, guard: Guard, *, secure_cookies: bool) -> li
         want = request.cookies.get(_LOGIN_COOKIE, "")
         if not want or not secrets.compare_digest(want, form.get("csrf", "")):
             return _back("/console/login", "The login form expired: try again.")
-        user = await run_in_threadpool(
-            authenticate, guard.users, form.get("user", ""), form.get("password", "")
-        )
+        name = form.get("user", "")
+        user = await run_in_threadpool(guard.login, name, form.get("password", ""))
         if user is None:
+            if guard.throttle.locked(name):
+                return _back("/console/login", "Too many wrong passwords: wait 5 minutes.")
             return _back("/console/login", "Wrong user name or password.")
         session = guard.sessions.create(user)
         resp = RedirectResponse("/console/", status_code=303)

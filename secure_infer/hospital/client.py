@@ -39,6 +39,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import tenacity
 
 from secure_infer.errors import InferenceError
 from secure_infer.framing import MEDIA_TYPE, decode_frames, encode_frames, frames_sha256
@@ -188,6 +189,16 @@ def _ssl_context(s: ClientSettings) -> ssl.SSLContext:
     return ctx
 
 
+class _RetryableError(InferenceError):
+    """One try failed in a way worth retrying (503, 429 or a transport error)."""
+
+    def __init__(self, last: str, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(last)
+        self.last = last
+        self.reason = reason
+        self.retry_after = retry_after
+
+
 class VendorClient:
     """A connection (pool) to one vendor; one instance per vendor, reused across jobs."""
 
@@ -239,59 +250,89 @@ class VendorClient:
         headers: Mapping[str, str] | None = None,
         params: Mapping[str, str] | None = None,
     ) -> tuple[httpx.Response, float, float]:
-        """Send with retries; returns (response with body read, t_headers, t_done)."""
+        """Send with retries; returns (response with body read, t_headers, t_done).
+
+        The retry schedule is tenacity's (``stop_after_attempt`` + exponential wait from
+        ``initial_backoff`` capped at ``max_backoff``; a 503's Retry-After, capped too, wins),
+        not a hand-kept loop. Only :class:`_RetryableError` is retried: a certificate verification
+        failure raises :class:`VendorUnavailableError` at once (it will not heal)."""
         s = self.settings
-        delay = s.initial_backoff
-        last: str = ""
-        for attempt in range(1, s.max_attempts + 1):
-            try:
-                req = self._http.build_request(
-                    method, path, content=content, headers=headers, params=params
-                )
-                resp = self._http.send(req, stream=True)
-                t_headers = time.perf_counter()
-                try:
-                    resp.read()
-                finally:
-                    resp.close()
-                t_done = time.perf_counter()
-            except httpx.TransportError as exc:
-                if _is_cert_failure(exc):
-                    raise VendorUnavailableError(
-                        f"TLS certificate verification failed for {s.url}: {exc}"
-                    ) from exc
-                last = f"{type(exc).__name__}: {exc}"
-                reason = (
-                    "connect"
-                    if isinstance(exc, httpx.ConnectError)
-                    else "timeout"
-                    if isinstance(exc, httpx.TimeoutException)
-                    else "transport"
-                )
-                wait = delay
-            else:
-                if resp.status_code not in (429, 503):
-                    return resp, t_headers, t_done
-                last = f"{resp.status_code} {self._error_code(resp)}"
-                reason = "busy" if resp.status_code == 503 else "rate_limited"
-                wait = delay
-                ra = resp.headers.get("Retry-After")
-                if ra is not None and ra.isdigit():
-                    wait = float(ra)
-            if attempt == s.max_attempts:
-                break
-            wait = min(wait, s.max_backoff)
-            log.info("vendor %s %s: %s; retry %d in %.1f s", method, path, last, attempt, wait)
+        backoff = tenacity.wait_exponential(
+            multiplier=s.initial_backoff, min=s.initial_backoff, max=s.max_backoff
+        )
+
+        def wait(state: tenacity.RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome is not None else None
+            if isinstance(exc, _RetryableError) and exc.retry_after is not None:
+                return min(exc.retry_after, s.max_backoff)
+            return float(backoff(state))
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome is not None else None
+            assert isinstance(exc, _RetryableError)
+            log.info("vendor %s %s: %s; retry %d in %.1f s", method, path, exc.last,
+                     state.attempt_number, state.upcoming_sleep)  # fmt: skip
             if self.on_retry is not None:
                 try:
-                    self.on_retry(reason)
+                    self.on_retry(exc.reason)
                 except Exception:  # a metric must never break the request
                     log.exception("on_retry callback failed")
-            time.sleep(wait)
-            delay = min(delay * 2, s.max_backoff)
-        raise VendorUnavailableError(
-            f"{method} {path} failed after {s.max_attempts} attempts: {last}"
+
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(s.max_attempts),
+            wait=wait,
+            retry=tenacity.retry_if_exception_type(_RetryableError),
+            before_sleep=before_sleep,
+            sleep=time.sleep,
+            reraise=True,
         )
+        try:
+            return retrying(self._send_once, method, path, content, headers, params)
+        except _RetryableError as exc:
+            raise VendorUnavailableError(
+                f"{method} {path} failed after {s.max_attempts} attempts: {exc.last}"
+            ) from None
+
+    def _send_once(
+        self,
+        method: str,
+        path: str,
+        content: bytes | None,
+        headers: Mapping[str, str] | None,
+        params: Mapping[str, str] | None,
+    ) -> tuple[httpx.Response, float, float]:
+        """One try; :class:`_RetryableError` for a 503 or a transport failure."""
+        s = self.settings
+        try:
+            req = self._http.build_request(
+                method, path, content=content, headers=headers, params=params
+            )
+            resp = self._http.send(req, stream=True)
+            t_headers = time.perf_counter()
+            try:
+                resp.read()
+            finally:
+                resp.close()
+            t_done = time.perf_counter()
+        except httpx.TransportError as exc:
+            if _is_cert_failure(exc):
+                raise VendorUnavailableError(
+                    f"TLS certificate verification failed for {s.url}: {exc}"
+                ) from exc
+            reason = (
+                "connect"
+                if isinstance(exc, httpx.ConnectError)
+                else "timeout"
+                if isinstance(exc, httpx.TimeoutException)
+                else "transport"
+            )
+            raise _RetryableError(f"{type(exc).__name__}: {exc}", reason) from exc
+        if resp.status_code in (429, 503):  # busy, or this hospital's rate limit
+            ra = resp.headers.get("Retry-After")
+            reason = "busy" if resp.status_code == 503 else "rate_limited"
+            raise _RetryableError(f"{resp.status_code} {self._error_code(resp)}", reason,
+                             float(ra) if ra is not None and ra.isdigit() else None)  # fmt: skip
+        return resp, t_headers, t_done
 
     @staticmethod
     def _error_code(resp: httpx.Response) -> str:

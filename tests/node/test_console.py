@@ -97,3 +97,14 @@ def test_pages_render_escaped(console: Any) -> None:
     r = client.get("/console/jobs?study=%3Cscript%3Ex")
     assert "<script>x" not in r.text and "&lt;script&gt;x" in r.text
     assert client.get("/console/jobs/999").status_code == 404
+
+
+def test_password_guessing_is_throttled(console: Any) -> None:
+    client, _ = console
+    for _ in range(4):
+        assert "Wrong user name" in client.get(_login(client, "op", "guess")).text
+    assert "Too many wrong passwords" in client.get(_login(client, "op", "guess")).text
+    # locked now: even the right password is refused for a while, and so is HTTP Basic
+    assert "Too many wrong passwords" in client.get(_login(client, "op")).text
+    assert client.get("/api/v1/jobs", auth=("op", PW)).status_code == 401
+    assert _login(client, "view") == "/console/"  # other users are not locked

@@ -163,3 +163,36 @@ def test_running_node_reports_alive_workers(tmp_path: Path) -> None:
         assert svc.runner_alive() and len(svc.runner._threads) == 3
         assert svc.health().status == "ok"
     assert not svc.runner_alive()
+
+
+def test_per_vendor_concurrency_is_bounded(tmp_path: Path) -> None:
+    """``vendors.<name>.max_concurrent_jobs``: at most that many jobs use a vendor at once
+    (each holds one client); the others wait for a client to be free."""
+    from node.vendors import PooledBackend
+
+    lock = threading.Lock()
+    now = [0]
+    peak = [0]
+    made: list[object] = []
+
+    class FakeClient:
+        def manifest(self, model: str) -> str:
+            with lock:
+                now[0] += 1
+                peak[0] = max(peak[0], now[0])
+            time.sleep(0.05)
+            with lock:
+                now[0] -= 1
+            return model
+
+    def make() -> FakeClient:
+        made.append(FakeClient())
+        return made[-1]  # type: ignore[return-value]
+
+    pool = PooledBackend(make, 2)  # type: ignore[arg-type]
+    threads = [threading.Thread(target=pool.manifest, args=("m",)) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert peak[0] == 2 and len(made) == 2 and pool.in_use() == 0
