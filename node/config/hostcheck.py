@@ -48,6 +48,10 @@ def _files(cfg: NodeConfig) -> Iterator[tuple[str, Path]]:
         yield f"vendors.{name}.client_cert", vendor.client_cert
         yield f"vendors.{name}.client_key", vendor.client_key
         yield f"vendors.{name}.ca", vendor.ca
+    for i, receiver in enumerate(cfg.audit.atna.destinations):
+        for key, path in (("ca", receiver.ca), ("cert", receiver.cert), ("key", receiver.key)):
+            if path is not None:
+                yield f"audit.atna.destinations[{i}].{key}", path
 
 
 def _dirs(cfg: NodeConfig) -> Iterator[tuple[str, Path]]:

@@ -157,3 +157,13 @@ def test_node_start_still_loads_what_config_check_accepts(tmp_path: Path) -> Non
     p.write_text("scp: {allowed_networks: [10.20.0.1/16]}\n")
     with pytest.raises(ConfigError):
         load_config(p)
+
+
+def test_atna_tls_files_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = _state(tmp_path) + (
+        "audit:\n  atna:\n    destinations:\n"
+        f"      - {{transport: tls, host: 127.0.0.1, port: 6514, ca: {tmp_path}/atna-ca.crt}}\n"
+    )
+    code, lines = _check(tmp_path, text, capsys)
+    assert code == 2
+    assert lines == [f"audit.atna.destinations[0].ca: {tmp_path}/atna-ca.crt: no such file"]

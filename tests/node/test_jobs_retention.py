@@ -71,6 +71,13 @@ def test_finished_job_files_are_deleted_after_the_retention_period(tmp_path: Pat
 def test_cli_purge(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = tmp_path / "node.yaml"
     cfg.write_text(yaml.safe_dump({"node": {"state_dir": str(tmp_path / "state")}}))
+    # no state yet: a usage error, nothing created (issue #14)
+    assert main(["jobs", "purge", "--config", str(cfg), "--older-than", "7"]) == 2
+    assert not (tmp_path / "state").exists()
+    capsys.readouterr()
+    from node.jobs import JobStore
+
+    JobStore(tmp_path / "state" / "jobs.sqlite").close()
     assert main(["jobs", "purge", "--config", str(cfg), "--older-than", "7"]) == 0
     assert "deleted the files of 0 finished job(s)" in capsys.readouterr().out
     assert main(["jobs", "purge", "--config", str(cfg), "--older-than", "0"]) == 2
