@@ -16,6 +16,7 @@ Weights are seeded random (He-normal convolutions, mild batch-norm statistics) u
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -40,7 +41,7 @@ class CnnBuilder:
         self.inits[name] = np.asarray(v, dtype=np.float32)
         return name
 
-    def node(self, op: str, inputs: Sequence[str], output: str, **attrs: object) -> str:
+    def node(self, op: str, inputs: Sequence[str], output: str, **attrs: Any) -> str:
         self.nodes.append(helper.make_node(op, list(inputs), [output], name=output, **attrs))
         return output
 
