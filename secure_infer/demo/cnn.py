@@ -16,6 +16,7 @@ Weights are seeded random (He-normal convolutions, mild batch-norm statistics) u
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -40,7 +41,7 @@ class CnnBuilder:
         self.inits[name] = np.asarray(v, dtype=np.float32)
         return name
 
-    def node(self, op: str, inputs: Sequence[str], output: str, **attrs: object) -> str:
+    def node(self, op: str, inputs: Sequence[str], output: str, **attrs: Any) -> str:
         self.nodes.append(helper.make_node(op, list(inputs), [output], name=output, **attrs))
         return output
 
@@ -87,9 +88,10 @@ class CnnBuilder:
 
 def resnet18_onnx(width: int = 64, size: int = 224, channels: int = 1, classes: int = 1,
                   seed: int = 0, weights: Mapping[str, np.ndarray] | None = None,
-                  ) -> onnx.ModelProto:
+                  final: str | None = None) -> onnx.ModelProto:
     """ResNet-18 as torchvision builds it (stem 7x7/2 + MaxPool 3x3/2, four stages of two
-    BasicBlocks, 1x1 stride-2 downsampling), ``width`` channels in the first stage."""
+    BasicBlocks, 1x1 stride-2 downsampling), ``width`` channels in the first stage; ``final``
+    ("Sigmoid", "Softmax") appends that activation to the logits."""
     b = CnnBuilder(seed, weights)
     x = b.relu(b.bn(b.conv("image", "conv1", channels, width, 7, 2, 3), "bn1", width), "relu1")
     x = b.node("MaxPool", [x], "maxpool", kernel_shape=[3, 3], strides=[2, 2], pads=[1] * 4)
@@ -109,6 +111,8 @@ def resnet18_onnx(width: int = 64, size: int = 224, channels: int = 1, classes: 
             x = b.relu(b.node("Add", [y, skip], f"{p}.add"), f"{p}.relu2")
             cin = cout
     out = b.head(x, cin, classes)
+    if final is not None:
+        out = b.node(final, [out], "prob")
     return b.model(size, channels, out, f"ResNet-18 width {width}, {size}x{size}")
 
 
