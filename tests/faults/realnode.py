@@ -233,7 +233,7 @@ class NodeProc:
                 [sys.executable, "-m", "node", "node", "run", "--config", str(self.cfg_path)],
                 cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err,
             )  # fmt: skip
-        end = time.monotonic() + 30
+        end = time.monotonic() + 60  # a loaded 2-core CI machine
         while self.proc.poll() is None and time.monotonic() < end:
             try:
                 wait_for_port("127.0.0.1", self.cfg.scp.port, timeout=0.2)

@@ -19,7 +19,9 @@ outage of a few seconds is "shorter than the budget"; the PACS-down-longer case 
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -31,6 +33,7 @@ from typing import Any
 
 import pytest
 
+from node.audit import load_public_key, public_key_path, verify_ledger
 from tests.faults.conftest import FaultLogs
 from tests.faults.realnode import (
     ROOT,
@@ -211,3 +214,84 @@ def test_pacs_down_longer_than_the_retry_budget_then_jobs_retry(
     assert done.files == IMAGES
     assert_one_current_sr(peers_up.pacs, case.study.uid, case.study.sent)
 
+# ---------------------------------------------------------------------- a full state dir
+
+
+@pytest.fixture
+def statefs(tmp_path: Path) -> Iterator[Path]:
+    """A real 8 MiB tmpfs, mounted for this case and always unmounted (needs root; under
+    CI=true a failed mount fails the case)."""
+    mnt = tmp_path / "statefs"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)  # fmt: skip
+    if r.returncode != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"cannot mount a tmpfs (root needed): {r.stderr.strip()}")
+        pytest.skip(f"cannot mount a tmpfs: {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def _fill(fs: Path) -> Path:
+    """Fill ``fs`` to the last block; the filler file is returned (unlink it to free)."""
+    filler = fs / "filler"
+    chunk = b"\0" * 65536
+    with open(filler, "wb", buffering=0) as fh:  # unbuffered: nothing left to flush at close
+        try:
+            while True:  # a short write near the end, then ENOSPC
+                fh.write(chunk)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+    return filler
+
+
+def test_state_dir_fills_up_during_the_job_then_space_returns(
+    statefs: Path, start_case: Callable[..., Case], peers_up: Peers, tmp_path: Path
+) -> None:
+    """``node.state_dir`` (job store, job folders, step records, spool, audit ledger) on a real
+    8 MiB tmpfs, filled to the last block once de-id is recorded (inference under way)."""
+    case = start_case({
+        "node": {"state_dir": str(statefs / "state"), "key_dir": str(tmp_path / "keys")},
+        "scp": {"min_free_bytes": 256 * 1024},
+        "sender": {"max_attempts": 40},
+    })  # fmt: skip
+    case.node.send(case.study.files)
+    wait(lambda: "r0-deid" in steps(case.state), 60, "the de-id record", case.node.log)
+    filler = _fill(statefs)
+    try:
+        seen: dict[str, Any] = {}
+
+        def troubled() -> bool:
+            status, checks = case.node.healthz()
+            job = case.job()
+            seen.update(status=status, checks=checks, job=job)
+            recorded_failure = job is not None and job.attempts >= 1 and job.state == "queued"
+            return status == 503 and (recorded_failure or not checks["job_states_recorded"])
+
+        wait(troubled, 40, "the full disk to show in /healthz and the job", case.node.log)
+        checks, job = seen["checks"], seen["job"]
+        assert checks["state_dir_above_watermark"] is False, seen
+        assert checks["spool_above_watermark"] is False, seen
+        if checks["job_states_recorded"]:  # the failed attempt was recorded before the fill
+            assert job.state == "queued" and "ENOSPC" in (job.last_error or ""), job
+        else:  # the usual case: the attempt failed (ENOSPC), and so did recording it
+            assert job.state == "running", job
+            metrics = case.node.scrape()
+            assert metrics["blindread_job_states_unrecorded"] == 1, metrics
+        assert srs(peers_up.pacs, case.study.uid) == []
+    finally:
+        filler.unlink()
+    done = case.wait_done(90)
+    assert done.files == IMAGES
+    assert_one_current_sr(peers_up.pacs, case.study.uid, case.study.sent)
+    status, checks = case.node.healthz()
+    assert status == 200, checks
+    assert case.node.scrape()["blindread_job_states_unrecorded"] == 0
+    cfg = case.node.cfg
+    report = verify_ledger(cfg.audit_ledger, load_public_key(public_key_path(cfg.audit_ledger)),
+                           anchor=cfg.audit_anchor)  # fmt: skip
+    assert report.ok, report.describe()
