@@ -129,6 +129,12 @@ class NodeMetrics:
             registry=r)
         self.jobs = Gauge("blindread_jobs", "Jobs in the job store by state", ["state"],
                           registry=r)
+        # > 0 while the job store cannot record a finished attempt (full disk, locked database):
+        # the store still says "running" then, so blindread_jobs alone does not show it
+        self.jobs_unrecorded = Gauge(
+            "blindread_job_states_unrecorded",
+            "Finished job attempts whose new state the job store could not record yet",
+            registry=r)
         self.step_seconds = Histogram(
             "blindread_step_seconds", "Latency of pipeline steps", ["step"],
             buckets=_LATENCY_BUCKETS, registry=r)
@@ -180,6 +186,9 @@ class NodeMetrics:
             _check(state, JOB_STATES, "job state")
         for state in JOB_STATES:
             self.jobs.labels(state).set(counts.get(state, 0))
+
+    def set_unrecorded(self, n: int) -> None:
+        self.jobs_unrecorded.set(n)
 
     def observe_step(self, step: str, seconds: float) -> None:
         self.step_seconds.labels(_check(step, STEPS, "step")).observe(seconds)

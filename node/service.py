@@ -140,8 +140,10 @@ class NodeService:
 
     def refresh_metrics(self) -> None:
         """Jobs by state, counted in the job store (called on every metrics scrape); a claim
-        stuck half-way shows as ``claiming``."""
+        stuck half-way shows as ``claiming``; an attempt whose outcome the store could not record
+        (full disk) as ``blindread_job_states_unrecorded``."""
         if self.metrics is not None:
+            self.metrics.set_unrecorded(self.runner.unrecorded())
             self.metrics.set_jobs(self.store.counts())
 
     def health(self) -> HealthReport:

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from node.demo.phantom_study import PlantedIdentity
+from tests.faults import realnode
 
 #: needles every fault log is scanned for
 ALWAYS: tuple[bytes, ...] = (
@@ -106,3 +107,26 @@ def _record_product_logs(
         yield
     finally:
         root.removeHandler(handler)
+
+
+@pytest.fixture(scope="module")
+def peers(
+    tmp_path_factory: pytest.TempPathFactory, fault_logs: FaultLogs
+) -> Iterator[realnode.Peers]:
+    """A real vendor process and a real Orthanc (``OverwriteInstances: false``), one pair per
+    test module that asks for them (``tests/faults/realnode.py``); the vendor's log is scanned."""
+    root = tmp_path_factory.mktemp("peers")
+    fault_logs.add(root / "vendor" / "vendor.log", PlantedIdentity().needles())
+    with realnode.running_peers(root) as peers:
+        yield peers
+
+
+@pytest.fixture
+def peers_up(peers: realnode.Peers) -> Iterator[realnode.Peers]:
+    """:func:`peers`, made whole again after the case (vendor running, PACS up)."""
+    try:
+        yield peers
+    finally:
+        peers.ensure_vendor()
+        if peers.pacs.proc is None or peers.pacs.proc.poll() is not None:
+            peers.restart_pacs()

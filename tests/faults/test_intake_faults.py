@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 
@@ -27,6 +28,7 @@ from node.app import build_service
 from node.jobs import Job
 from node.metrics import MetricsServer, NodeMetrics
 from node.service import NodeService
+from tests.faults.realnode import tmpfs
 from tests.support.nodeutil import node_config
 from tests.support.synthetic import synthetic_ct_study
 
@@ -180,3 +182,42 @@ def test_restart_while_the_disk_is_still_full_starts_and_recovers_later(
         finally:
             again.stop(timeout=5)
     _assert_no_phi(caplog, study)
+
+
+def test_spool_on_a_real_tmpfs_fills_during_ingest(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The state dir (and so the spool) on a real 3 MiB tmpfs, watermark 0: a 40 x 128 kB study
+    in one association fills it half-way through. Every C-STORE is answered 0x0000 (stored,
+    durable) until the file system is full, then 0xA700 (out of resources); every acknowledged
+    instance is in the spool whole, nothing half-written stays, the refusals are counted."""
+    with tmpfs(tmp_path / "fs", "3m") as fs:
+        cfg = node_config(tmp_path, node={"state_dir": str(fs / "state")})
+        metrics = NodeMetrics()
+        svc = build_service(cfg, lambda job: None, metrics=metrics)
+        svc.start()
+        try:
+            study = synthetic_ct_study(40, size=256)
+            ae = AE(ae_title="MODALITY")
+            ae.add_requested_context(study[0].SOPClassUID, [study[0].file_meta.TransferSyntaxUID])
+            assoc = ae.associate("127.0.0.1", svc.port, ae_title="BLINDREAD")
+            assert assoc.is_established
+            try:
+                codes = [int(assoc.send_c_store(ds).Status) for ds in study]
+            finally:
+                assoc.release()
+            acked = [str(ds.SOPInstanceUID) for ds, c in zip(study, codes, strict=True) if c == 0]
+            assert set(codes) == {0x0000, 0xA700}, codes
+            assert codes == sorted(codes), codes  # acknowledged until full, refused after
+            files = list(svc.spool.root.rglob("*.dcm"))
+            assert len(files) == len(acked)
+            assert {str(dcmread(p).SOPInstanceUID) for p in files} == set(acked)
+            leftovers = [p for p in svc.spool.root.rglob("*") if p.is_file() and p.suffix != ".dcm"]
+            assert leftovers == [], leftovers  # no partial file of a refused instance
+            refused = metrics.registry.get_sample_value(
+                "blindread_instances_refused_total", {"reason": "spool_full"}
+            )
+            assert refused == codes.count(0xA700)
+        finally:
+            svc.stop(timeout=5)
+    assert "full" in caplog.text

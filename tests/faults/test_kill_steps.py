@@ -31,262 +31,34 @@ How each boundary is hit:
 
 from __future__ import annotations
 
-import io
 import json
-import os
 import shutil
-import signal
-import sqlite3
 import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import pydicom
 import pytest
 import yaml
-from pydicom.uid import Comprehensive3DSRStorage, EnhancedSRStorage
 
 from node.audit import load_public_key, public_key_path, verify_ledger
-from node.config import NodeConfig, parse_model
-from node.demo.localpacs import stop_process
 from node.demo.phantom_study import PlantedIdentity, phantom_cr_study, write_study_files
-from node.demo.stack import DEMO_MODEL_DIR
-from node.sr import read_result_sr
-from secure_infer import (
-    ClientSettings,
-    VendorClient,
-    create_ca,
-    issue_client_cert,
-    issue_server_cert,
-)
 from tests.faults.conftest import FaultLogs
-from tests.support.peers import Orthanc, free_port, peer_env, require_tool, wait_for_port
+from tests.faults.realnode import (
+    NodeProc,
+    Peers,
+    assert_one_current_sr,
+    chain_len,
+    jobs,
+    node_config,
+    srs,
+    steps,
+    wait,
+)
+from tests.support.peers import peer_env, require_tool
 
 pytestmark = [pytest.mark.fault, pytest.mark.peer]
 
-ROOT = Path(__file__).resolve().parents[2]
-VENDOR = "demo-vendor"
-MODEL = "demo-lesion"
 IMAGES = 4  # one vendor request per image: "mid-batch" is after 1..3 of them
-SR_CLASSES = (str(Comprehensive3DSRStorage), str(EnhancedSRStorage))
-
-
-# ---------------------------------------------------------------------- shared peers
-
-
-@dataclass
-class Peers:
-    root: Path
-    certs: dict[str, Path]
-    vendor_port: int
-    vendor_chain: Path
-    pacs: Orthanc
-    ckks_keys: Path  # the hospital's CKKS keys, context already at the vendor
-
-
-def _start_vendor(root: Path, certs: dict[str, Path], port: int) -> subprocess.Popen[bytes]:
-    config = {
-        "listen": {"host": "127.0.0.1", "port": port},
-        "tls": {
-            "cert": str(certs["server_cert"]),
-            "key": str(certs["server_key"]),
-            "client_ca": str(certs["ca"]),
-        },
-        "models": [str(DEMO_MODEL_DIR / "manifest.yaml")],
-        "state_dir": str(root / "state"),
-        # one ~400 kB ciphertext per request: a study of N images is N requests
-        "limits": {"workers": 1, "queue_size": 8, "max_request_bytes": 600_000},
-        "log_level": "INFO",
-    }
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "vendor.yaml").write_text(yaml.safe_dump(config))
-    with open(root / "vendor.log", "ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "secure_infer.vendor", "serve",
-             "--config", str(root / "vendor.yaml")],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def peers(tmp_path_factory: pytest.TempPathFactory, fault_logs: FaultLogs) -> Iterator[Peers]:
-    require_tool("storescu")
-    root = tmp_path_factory.mktemp("kill-steps")
-    tls = root / "tls"
-    create_ca(tls / "ca")
-    server = issue_server_cert(tls / "ca", tls / "server")
-    client = issue_client_cert(tls / "ca", tls / "hospital", "st-example-hospital")
-    certs = {
-        "ca": tls / "ca" / "ca.crt",
-        "server_cert": server.cert,
-        "server_key": server.key,
-        "client_cert": client.cert,
-        "client_key": client.key,
-    }
-    port = free_port()
-    vendor = _start_vendor(root / "vendor", certs, port)
-    fault_logs.add(root / "vendor" / "vendor.log", PlantedIdentity().needles())
-    try:
-        with Orthanc(root / "pacs", overwrite_instances=False) as pacs:
-            # the hospital's CKKS keys, made once and copied into each case's key dir: the
-            # vendor already holds their public context, so no case pays for key generation
-            keys = root / "ckks" / VENDOR
-            settings = ClientSettings(
-                url=f"https://127.0.0.1:{port}", client_cert=certs["client_cert"],
-                client_key=certs["client_key"], ca=certs["ca"], max_attempts=60,
-                initial_backoff=0.2, max_backoff=0.5,
-            )  # fmt: skip
-            with VendorClient(settings, keys) as probe:
-                probe.ensure_context(MODEL)
-            yield Peers(root, certs, port, root / "vendor" / "state" / "chain.jsonl", pacs,
-                        root / "ckks")  # fmt: skip
-    finally:
-        stop_process(vendor, timeout=15)
-
-
-# ---------------------------------------------------------------------- one node
-
-
-def _node_config(tmp: Path, peers: Peers, quiet: float) -> tuple[NodeConfig, dict[str, Any]]:
-    data: dict[str, Any] = {
-        "node": {"state_dir": str(tmp / "state"), "log_level": "INFO"},
-        "scp": {"ae_title": "BLINDREAD", "port": free_port(), "min_free_bytes": 0},
-        "completion": {"quiet_seconds": quiet, "poll_seconds": 0.05},
-        "destinations": {
-            "pacs": {"ae_title": peers.pacs.aet, "host": "127.0.0.1",
-                     "port": peers.pacs.dicom_port},
-        },
-        "sender": {"max_attempts": 3, "initial_backoff_seconds": 0.2},
-        "vendors": {
-            VENDOR: {
-                "url": f"https://127.0.0.1:{peers.vendor_port}",
-                "client_cert": str(peers.certs["client_cert"]),
-                "client_key": str(peers.certs["client_key"]),
-                "ca": str(peers.certs["ca"]),
-                "models": [MODEL],
-                "max_attempts": 3,
-                "initial_backoff_seconds": 0.2,
-            }
-        },
-        "routes": [
-            {
-                "name": "chest",
-                "match": {"attribute": "Modality", "in": ["CR", "DX"]},
-                "action": {"infer": {"vendor": VENDOR, "model": MODEL, "destinations": ["pacs"]}},
-            }
-        ],
-        "metrics": {"enabled": True, "host": "127.0.0.1", "port": free_port()},
-    }
-    return parse_model(data, NodeConfig, "<kill-steps config>"), data
-
-
-class NodeProc:
-    """``python -m node node run`` in its own process, its stderr appended to ``log``."""
-
-    def __init__(self, cfg: NodeConfig, cfg_path: Path, log: Path) -> None:
-        self.cfg, self.cfg_path, self.log = cfg, cfg_path, log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, kill_at: str | None = None) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BLINDREAD_")}
-        if kill_at is not None:
-            env |= {"BLINDREAD_TEST_HOOKS": "1", "BLINDREAD_FAULT_KILL_AT": kill_at}
-        with open(self.log, "ab") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "node", "node", "run", "--config", str(self.cfg_path)],
-                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err,
-            )  # fmt: skip
-        end = time.monotonic() + 30
-        while self.proc.poll() is None and time.monotonic() < end:
-            try:
-                wait_for_port("127.0.0.1", self.cfg.scp.port, timeout=0.2)
-                return
-            except TimeoutError:
-                pass
-        pytest.fail(f"the node did not start (exit {self.proc.poll()}); "
-                    f"log:\n{self.log.read_text()[-3000:]}")  # fmt: skip
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def wait_killed(self, timeout: float = 40.0) -> None:
-        """Wait for the test hook's SIGKILL."""
-        assert self.proc is not None
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"the node did not reach its kill point in {timeout:.0f} s; "
-                        f"log:\n{self.log.read_text()[-3000:]}")  # fmt: skip
-        assert self.proc.returncode == -signal.SIGKILL, self.proc.returncode
-
-    def stop(self) -> None:
-        """End the restarted node. SIGKILL too: what is checked afterwards (the job store, the
-        PACS, the log) is durable by then, and a clean SIGTERM stop costs ~4 s a case here
-        (``tests/integration/test_node_crash.py`` checks the clean stop)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.kill()
-
-    def scrape(self) -> dict[str, float]:
-        url = f"http://127.0.0.1:{self.cfg.metrics.port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as resp:  # loopback http
-            text = resp.read().decode()
-        return {
-            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line and not line.startswith("#")
-        }
-
-
-def _wait(cond: Callable[[], bool], timeout: float, what: str, log: Path | None = None) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        time.sleep(0.02)
-    if not cond():
-        tail = log.read_text()[-3000:] if log is not None and log.exists() else ""
-        pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{tail}")
-
-
-def _jobs(state_dir: Path) -> list[tuple[int, str, int]]:
-    """(id, state, number of files) of every job, read without the node's JobStore."""
-    path = state_dir / "jobs.sqlite"
-    if not path.exists():
-        return []
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-    try:
-        rows = con.execute("SELECT id, state, files FROM jobs ORDER BY id").fetchall()
-    except sqlite3.OperationalError:  # not created yet
-        return []
-    finally:
-        con.close()
-    return [(int(i), str(s), len(json.loads(f))) for i, s, f in rows]
-
-
-def _steps(state_dir: Path) -> set[str]:
-    """Names of the step records of every job (``r0-deid``, ``r0-deliver-pacs``, ...)."""
-    return {p.stem for p in (state_dir / "jobs").glob("*/steps/*.json")}
-
-
-def _chain_len(peers: Peers) -> int:
-    path = peers.vendor_chain
-    return len(path.read_bytes().splitlines()) if path.exists() else 0
-
-
-def _srs(pacs: Orthanc, study_uid: str) -> list[pydicom.Dataset]:
-    out = []
-    for inst in pacs.instances_of_study(study_uid):
-        ds = pydicom.dcmread(io.BytesIO(pacs.file(inst["ID"])))
-        if str(ds.SOPClassUID) in SR_CLASSES:
-            out.append(ds)
-    return out
 
 
 # ---------------------------------------------------------------------- the cases
@@ -316,7 +88,7 @@ def test_sigkill_at_step_boundary_then_restart(
     boundary: Boundary, peers: Peers, tmp_path: Path, fault_logs: FaultLogs
 ) -> None:
     # the ingest case must kill inside the completion timer, even on a loaded machine
-    cfg, data = _node_config(tmp_path, peers, quiet=2.0 if boundary.name == "ingest" else 0.6)
+    cfg, data = node_config(tmp_path, peers, quiet=2.0 if boundary.name == "ingest" else 0.6)
     state = cfg.node.state_dir
     shutil.copytree(peers.ckks_keys, cfg.node.keys / "ckks")
     cfg_path = tmp_path / "node.yaml"
@@ -336,7 +108,7 @@ def test_sigkill_at_step_boundary_then_restart(
     node = NodeProc(cfg, cfg_path, log)
     node.start(kill_at=boundary.hook)
     try:
-        chain_before = _chain_len(peers)
+        chain_before = chain_len(peers)
         # storescu exits 0 only if every C-STORE was answered with success: all acknowledged
         subprocess.run(
             [require_tool("storescu"), "-aet", "MODALITY", "-aec", "BLINDREAD", "127.0.0.1",
@@ -347,26 +119,26 @@ def test_sigkill_at_step_boundary_then_restart(
         # ---- the kill, at the boundary
         if boundary.name == "ingest":
             node.kill()  # inside the 2 s completion timer
-            assert _jobs(state) == [], "the study completed before the kill"
+            assert jobs(state) == [], "the study completed before the kill"
             assert len(list((state / "spool").rglob("*.dcm"))) == IMAGES
         elif boundary.name == "inference":
-            _wait(lambda: _chain_len(peers) > chain_before, 40, "the vendor's first answer", log)
+            wait(lambda: chain_len(peers) > chain_before, 40, "the vendor's first answer", log)
             node.kill()
-            served = _chain_len(peers) - chain_before
+            served = chain_len(peers) - chain_before
             assert 1 <= served < IMAGES, f"not mid-batch: vendor served {served}/{IMAGES}"
         else:
             node.wait_killed()
-        steps = _steps(state)
-        assert set(boundary.done) <= steps, (boundary.name, sorted(steps))
-        assert not set(boundary.not_done) & steps, (boundary.name, sorted(steps))
+        records = steps(state)
+        assert set(boundary.done) <= records, (boundary.name, sorted(records))
+        assert not set(boundary.not_done) & records, (boundary.name, sorted(records))
         if boundary.name == "sent":
-            assert len(_srs(peers.pacs, study_uid)) == 1  # the PACS has it; the node did not record
+            assert len(srs(peers.pacs, study_uid)) == 1  # the PACS has it; the node did not record
         else:
-            assert _srs(peers.pacs, study_uid) == []
+            assert srs(peers.pacs, study_uid) == []
 
         # ---- restart: the node finishes the job
         node.start()
-        _wait(lambda: [s for _, s, _ in _jobs(state)] == ["done"], 60, "the job to finish", log)
+        wait(lambda: [s for _, s, _ in jobs(state)] == ["done"], 60, "the job to finish", log)
         metrics: dict[str, float] = {}
 
         def counted() -> bool:  # the gauge follows the store on the next refresh
@@ -376,20 +148,14 @@ def test_sigkill_at_step_boundary_then_restart(
                 return False
             return metrics.get('blindread_jobs{state="done"}') == 1.0
 
-        _wait(counted, 10, "jobs{state=done} in /metrics", log)
+        wait(counted, 10, "jobs{state=done} in /metrics", log)
     finally:
         node.stop()
 
     # every acknowledged instance is in the one job, and cited by the SR
-    [(_, state_name, n_files)] = _jobs(state)
+    [(_, state_name, n_files)] = jobs(state)
     assert state_name == "done" and n_files == IMAGES
-    srs = _srs(peers.pacs, study_uid)
-    assert len(srs) == 1, f"{len(srs)} SRs for the study in the PACS"
-    superseded = {u for ds in srs for u in read_result_sr(ds).predecessor_uids}
-    current = [ds for ds in srs if str(ds.SOPInstanceUID) not in superseded]
-    assert len(current) == 1
-    [finding] = read_result_sr(current[0]).findings
-    assert set(finding.source_sop_instance_uids) == sent
+    assert_one_current_sr(peers.pacs, study_uid, sent)
 
     # the audit ledger survived the SIGKILL (chain, signed head and anchor verify) and holds
     # one inference intent per attempt that got as far as the vendor, one received result
