@@ -61,7 +61,9 @@ def test_send_to_closed_port_raises(tmp_path: Path) -> None:
 def test_completed_study_sends_result_to_orthanc(orthanc: Orthanc, tmp_path: Path) -> None:
     cfg = node_config(
         tmp_path,
-        completion={"quiet_seconds": 0.5, "poll_seconds": 0.1},
+        # 2 s: with 0.5 s a loaded machine split the three stores into two batches (two jobs,
+        # an amended second SR), seen beside parallel work
+        completion={"quiet_seconds": 2.0, "poll_seconds": 0.1},
         destinations={
             "results": {"ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}
         },
@@ -101,7 +103,10 @@ def test_failed_job_quarantined_then_retried(
         job = wait_for(lambda: svc.store.list("failed"))[0]
         assert job.attempts == 2
         assert "association to DOWN@127.0.0.1" in (job.last_error or "")
-        assert job.dir.parent == svc.paths.quarantine and len(list(job.dir.iterdir())) == 2
+        assert job.dir.parent == svc.paths.quarantine
+        # the row names its new home first, then the folder moves (intake's order): wait for it
+        wait_for(lambda: job.dir.is_dir() and not (svc.paths.jobs_dir / job.token).exists())
+        assert len(list(job.dir.iterdir())) == 2
         assert not (svc.paths.jobs_dir / job.token).exists()
         assert main(["jobs", "list", "--config", str(cfg_path)]) == 0
         out = capsys.readouterr().out
