@@ -4,12 +4,12 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench-ingest bench-infer bench-deid bench-e2e clean
+.PHONY: demo test lint bench-ingest bench-infer bench-deid bench-e2e bench-2pc clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,bench]'
+	$(PY) -m pip install --quiet -e '.[test,bench,2pc]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -34,6 +34,10 @@ bench-deid: $(STAMP)
 
 bench-e2e: $(STAMP)
 	$(PY) benchmarks/e2e.py
+
+# two-party (Cheetah) engine: ours over TLS vs plain SPU; MODEL=loader:source for another model
+bench-2pc: $(STAMP)
+	$(PY) benchmarks/twopc.py $(if $(MODEL),--model $(MODEL),)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -22,10 +22,14 @@ import ssl
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from secure_infer.check import MODEL_CHECK_HELP, add_model_check_arguments, run_model_check
 from secure_infer.errors import InferenceError
-from secure_infer.vendor.config import VendorConfigError, load_vendor_config
+from secure_infer.vendor.config import VendorConfig, VendorConfigError, load_vendor_config
+
+if TYPE_CHECKING:
+    from secure_infer.vendor._twopc_sessions import TwoPcSettings
 
 __all__ = ["build_parser", "main", "vendor_main"]
 
@@ -112,7 +116,7 @@ def _serve(args: argparse.Namespace) -> int:
     cfg = load_vendor_config(args.config)
     _configure_logging(cfg.log_level)
     manifests = cfg.manifest_paths()
-    if not manifests:
+    if not manifests and not cfg.twopc.models:
         print(f"{args.config}: no manifest found under models_dir", file=sys.stderr)
         return 2
     lim = cfg.limits
@@ -127,6 +131,7 @@ def _serve(args: argparse.Namespace) -> int:
         read_timeout=lim.read_timeout_seconds,
         evaluate_timeout=lim.evaluate_timeout_seconds,
         context_cache=lim.context_cache,
+        twopc=_twopc_settings(cfg),
     )
     tls = TlsFiles(cert=cfg.tls.cert, key=cfg.tls.key, client_ca=cfg.tls.client_ca)
     try:
@@ -145,6 +150,33 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"vendor serve: cannot load a model: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _twopc_settings(cfg: VendorConfig) -> TwoPcSettings | None:
+    from secure_infer.vendor._twopc_sessions import TwoPcModelSettings, TwoPcSettings
+
+    t = cfg.twopc
+    if not t.models:
+        return None
+    return TwoPcSettings(
+        models=tuple(
+            TwoPcModelSettings(
+                name=m.name,
+                version=m.version,
+                loader=m.loader,
+                source=m.source,
+                fixed_point=m.fixed_point.model_dump() if m.fixed_point else None,
+            )
+            for m in t.models
+        ),
+        link_host=t.link_host,
+        max_sessions=t.max_sessions,
+        session_timeout=t.session_timeout_seconds,
+        connect_timeout=t.connect_timeout_seconds,
+        recv_timeout=t.recv_timeout_seconds,
+        start_timeout=t.start_timeout_seconds,
+        max_images=t.max_images_per_session,
+    )
 
 
 def _issue(args: argparse.Namespace) -> int:
