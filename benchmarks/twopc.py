@@ -62,7 +62,7 @@ def _ss_bytes(ports: set[int]) -> int:
     lines = out.splitlines()
     for i, line in enumerate(lines):
         cols = line.split()
-        if len(cols) < 5 or not cols[0].isalpha():
+        if not line or line[0].isspace() or len(cols) < 5:  # info lines are indented
             continue
         lp = int(cols[3].rsplit(":", 1)[1])
         pp = int(cols[4].rsplit(":", 1)[1])
