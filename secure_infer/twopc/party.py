@@ -39,6 +39,7 @@ import logging
 import os
 import struct
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,7 @@ _HASH_DOMAIN = b"blindread-2pc-program-v1"
 _PROOF_DOMAIN = b"blindread-2pc-session-v1"
 _LEN = struct.Struct(">Q")
 _MAX_FRAMES = 1 << 16
+_REFUSAL_LINGER = 3.0  # seconds
 
 
 class TwoPartyError(InferenceError):
@@ -375,9 +377,7 @@ class Party:
         try:
             self._lctx = libspu.link.create_brpc(desc, self.role)
             self._handshake()
-        except PeerLostError:
-            raise
-        except TwoPartyError:
+        except TwoPartyError:  # hand-shake refusals and peer losses keep their own type
             raise
         except Exception as exc:  # yacl raises RuntimeError subclasses with C++ text
             raise PeerLostError(f"{stuck} ({_first_line(exc)})") from exc
@@ -427,6 +427,13 @@ class Party:
             ),
             hashlib.sha256,
         ).hexdigest()
+        refused = (
+            not hmac.compare_digest(expected, their_proof) or their_sha != self.compiled.sha256
+        )
+        if refused:
+            # our hello may still be in brpc's send queue: stay a moment so the peer receives it
+            # and refuses too (it sees the same mismatch), instead of timing out
+            time.sleep(_REFUSAL_LINGER)
         if not hmac.compare_digest(expected, their_proof):
             raise UnknownSessionError(
                 f"{self.name}: the peer on the link does not hold this session's key"

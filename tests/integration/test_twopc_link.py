@@ -87,7 +87,7 @@ def vendor(
         pki,
         models,
         recv_timeout_seconds=RECV,
-        connect_timeout_seconds=8,
+        connect_timeout_seconds=30,  # party processes start slowly on a loaded machine
         max_sessions=2,
         session_timeout_seconds=300,
     ) as v:
@@ -221,7 +221,7 @@ def test_unknown_session_key_refused_on_the_link(vendor: TwoPcVendor) -> None:
         "vendor_link": answer["link"],
         "own_link": f"127.0.0.1:{port}",
         "tls": {"cert": str(p.cert), "key": str(p.key), "ca": str(vendor.pki.ca)},
-        "connect_timeout": 8,
+        "connect_timeout": 30,
         "recv_timeout": RECV,
         "program_sha256": compiled.sha256,
     }
@@ -247,7 +247,7 @@ def test_link_certificate_from_another_ca_refused(vendor: TwoPcVendor) -> None:
         "vendor_link": answer["link"],
         "own_link": f"127.0.0.1:{port}",
         "tls": {"cert": str(rogue.cert), "key": str(rogue.key), "ca": str(vendor.pki.ca)},
-        "connect_timeout": 8,
+        "connect_timeout": 30,
         "recv_timeout": RECV,
         "program_sha256": compiled.sha256,
     }
