@@ -4,12 +4,12 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench-ingest bench-infer bench-deid bench-e2e bench-multisite clean
+.PHONY: demo test lint bench-ingest bench-infer bench-deid bench-e2e bench-multisite bench-2pc bench-vendor-scale clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,bench,multisite,console]'
+	$(PY) -m pip install --quiet -e '.[test,bench,2pc,multisite,console]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -38,6 +38,10 @@ bench-e2e: $(STAMP)
 # issue 13: 7 sites, 1,149 images, beside the central validation
 bench-multisite: $(STAMP)
 	$(PY) benchmarks/multisite.py
+
+# two-party (Cheetah) engine: ours over TLS vs plain SPU; MODEL=loader:source for another model
+bench-2pc: $(STAMP)
+	$(PY) benchmarks/twopc.py $(if $(MODEL),--model $(MODEL),)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -27,6 +27,10 @@ material::
     |-- VendorUnavailableError    vendor_unavailable   503  hospital.client
     |-- JobReusedError            job_token_reused     409  vendor.server
     |-- RemoteError               a worker's code/status    vendor._pool
+    |-- TwoPartyError             twopc_error          500  twopc.party
+    |   |-- ProgramMismatchError  program_mismatch     409  twopc.party
+    |   |-- UnknownSessionError   unknown_session      403  twopc.party
+    |   `-- PeerLostError         peer_lost            503  twopc.party
     `-- VendorConfigError         invalid_config       500  vendor.config
 
 Only the root and the errors of the core (this module) are defined here; each other error

@@ -23,6 +23,8 @@ _WHERE = {
     "VendorClient": "client",
     "VendorError": "client",
     "VendorUnavailableError": "client",
+    # the two-party (Cheetah) engine's hospital party
+    "TwoPartySession": "twopc",
 }
 
 __all__ = sorted(_WHERE)

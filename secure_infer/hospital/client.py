@@ -360,6 +360,27 @@ class VendorClient:
         return resp.json()
 
     # ---------------------------------------------------------------- API
+    def post_json(self, path: str, body: Mapping[str, Any]) -> Any:
+        """POST a JSON body under the API prefix (retried like every request); the JSON answer.
+
+        Used by the two-party engine (:mod:`secure_infer.hospital.twopc`) to open a session.
+        """
+        import json
+
+        resp, _, _ = self._send(
+            "POST",
+            path,
+            content=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        self._raise_for(resp)
+        return resp.json()
+
+    def delete(self, path: str) -> None:
+        """DELETE under the API prefix (once, no retries); errors are raised."""
+        resp = self._http.delete(path)
+        self._raise_for(resp)
+
     def health(self) -> dict[str, Any]:
         """The vendor's /v1/health document."""
         out: dict[str, Any] = self._json("/health")

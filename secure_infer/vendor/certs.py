@@ -173,13 +173,14 @@ def _issue(
             except ValueError:
                 sans.append(x509.DNSName(n))
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        builder = builder.add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
-    else:
-        builder = builder.add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
-        )
+    # Both purposes on both certificates: on the two-party (Cheetah) link each party is TLS
+    # server and TLS client at once (brpc opens one channel each way), and OpenSSL checks the
+    # extended key usage of each role. A hospital certificate still cannot pass for the vendor's
+    # HTTPS server: it has no subjectAltName, so the hospital's hostname check refuses it.
+    builder = builder.add_extension(
+        x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+        critical=False,
+    )
     cert = builder.sign(ca_key, hashes.SHA256())
     pair = CertPair(out_dir / f"{stem}.crt", out_dir / f"{stem}.key")
     _write(pair.key, _key_pem(key), 0o600, overwrite)

@@ -21,15 +21,20 @@ usage or config.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import ssl
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from secure_infer.check import MODEL_CHECK_HELP, add_model_check_arguments, run_model_check
 from secure_infer.errors import InferenceError
-from secure_infer.vendor.config import VendorConfigError, load_vendor_config
+from secure_infer.vendor.config import VendorConfig, VendorConfigError, load_vendor_config
+
+if TYPE_CHECKING:
+    from secure_infer.vendor._twopc_sessions import TwoPcSettings
 
 __all__ = ["build_parser", "main", "vendor_main"]
 
@@ -150,8 +155,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     cfg = load_vendor_config(args.config)
     _configure_logging(cfg.log_level)
-    settings = settings_from_config(Path(args.config))
-    if not settings.manifests:
+    settings = dataclasses.replace(
+        settings_from_config(Path(args.config)), twopc=_twopc_settings(cfg)
+    )
+    if not settings.manifests and settings.twopc is None:
         print(f"{args.config}: no manifest found under models_dir", file=sys.stderr)
         return 2
     tls = TlsFiles(cert=cfg.tls.cert, key=cfg.tls.key, client_ca=cfg.tls.client_ca)
@@ -267,6 +274,33 @@ def _print_status(status: dict[str, object]) -> None:
         print(f"  REFUSED  {r.get('model') or r.get('manifest')}: {r.get('reason')}{kept}")
     if status.get("error"):
         print(f"  RELOAD FAILED: {status['error']} (nothing changed)")
+
+
+def _twopc_settings(cfg: VendorConfig) -> TwoPcSettings | None:
+    from secure_infer.vendor._twopc_sessions import TwoPcModelSettings, TwoPcSettings
+
+    t = cfg.twopc
+    if not t.models:
+        return None
+    return TwoPcSettings(
+        models=tuple(
+            TwoPcModelSettings(
+                name=m.name,
+                version=m.version,
+                loader=m.loader,
+                source=m.source,
+                fixed_point=m.fixed_point.model_dump() if m.fixed_point else None,
+            )
+            for m in t.models
+        ),
+        link_host=t.link_host,
+        max_sessions=t.max_sessions,
+        session_timeout=t.session_timeout_seconds,
+        connect_timeout=t.connect_timeout_seconds,
+        recv_timeout=t.recv_timeout_seconds,
+        start_timeout=t.start_timeout_seconds,
+        max_images=t.max_images_per_session,
+    )
 
 
 def _issue(args: argparse.Namespace) -> int:

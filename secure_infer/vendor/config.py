@@ -25,6 +25,8 @@ __all__ = [
     "VendorListenSection",
     "VendorRegistrySection",
     "VendorTlsSection",
+    "VendorTwoPcModel",
+    "VendorTwoPcSection",
     "load_vendor_config",
 ]
 
@@ -135,6 +137,45 @@ class VendorRegistrySection(FrozenModel):
         return v
 
 
+class TwoPcFixedPoint(FrozenModel):
+    """SPU's ring and fraction bits (overrides what the loader chose)."""
+
+    field: str = Field(default="FM64", pattern=r"^(FM64|FM128)$")
+    fraction_bits: int = Field(default=18, ge=1, le=60)
+
+
+class VendorTwoPcModel(FrozenModel):
+    """A model served with the two-party (Cheetah) engine.
+
+    ``loader`` is a ``module:function`` installed at the vendor; it is called with ``source``
+    (the vendor's private file: its ONNX or weights) and returns ``(Program, weights)`` or
+    ``(Program, weights, FixedPoint)`` (see :mod:`secure_infer.twopc.program`).
+    """
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    version: str = Field(min_length=1)
+    loader: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    source: Path
+    fixed_point: TwoPcFixedPoint | None = None
+
+
+class VendorTwoPcSection(FrozenModel):
+    """Two-party sessions: each one a worker process with its own TLS link to the hospital."""
+
+    models: tuple[VendorTwoPcModel, ...] = ()
+    link_host: str = Field(
+        default="127.0.0.1", description="address the session workers listen on and announce"
+    )
+    max_sessions: int = Field(default=2, ge=1, le=64)
+    session_timeout_seconds: float = Field(default=3600.0, gt=0)
+    connect_timeout_seconds: float = Field(default=30.0, gt=0)
+    recv_timeout_seconds: float = Field(
+        default=120.0, gt=0, description="a silent peer ends the session after this"
+    )
+    start_timeout_seconds: float = Field(default=120.0, gt=0)
+    max_images_per_session: int = Field(default=10_000, ge=1)
+
+
 class VendorConfig(FrozenModel):
     """Root of the vendor peer's config."""
 
@@ -152,12 +193,15 @@ class VendorConfig(FrozenModel):
         default=None,
         description="copy of the chain's signed head in a directory of its own (rollback check)",
     )
+    twopc: VendorTwoPcSection = VendorTwoPcSection()
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
 
     @model_validator(mode="after")
     def _some_model(self) -> VendorConfig:
-        if not self.models and self.models_dir is None:
-            raise ValueError("models: list at least one manifest.yaml, or set models_dir")
+        if not self.models and self.models_dir is None and not self.twopc.models:
+            raise ValueError(
+                "models: list at least one manifest.yaml, or set models_dir (or twopc.models)"
+            )
         return self
 
     def manifest_paths(self) -> tuple[Path, ...]:
@@ -188,5 +232,13 @@ def load_vendor_config(path: str | Path) -> VendorConfig:
             "models_dir": None if cfg.models_dir is None else _resolve(base, cfg.models_dir),
             "state_dir": _resolve(base, cfg.state_dir),
             "chain_anchor": None if cfg.chain_anchor is None else _resolve(base, cfg.chain_anchor),
+            "twopc": cfg.twopc.model_copy(
+                update={
+                    "models": tuple(
+                        m.model_copy(update={"source": _resolve(base, m.source)})
+                        for m in cfg.twopc.models
+                    )
+                }
+            ),
         }
     )

@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import json
 import logging
 import ssl
 import time
@@ -61,6 +62,7 @@ from secure_infer.vendor._metrics import VendorMetrics, VendorMetricsMiddleware,
 from secure_infer.vendor._pool import EvalPool
 from secure_infer.vendor._registry import Refused, Registry, ServedModel, build_registry
 from secure_infer.vendor._store import ContextStore, hospital_namespace
+from secure_infer.vendor._twopc_sessions import TwoPcSessions, TwoPcSettings
 from secure_infer.vendor.certs import cert_common_name, cert_fingerprint
 from secure_infer.wire import (
     API_PREFIX,
@@ -135,6 +137,7 @@ class ServerSettings:
     chain_anchor: Path | None = None
     # the config file re-read on SIGHUP (None: reload re-reads these settings only)
     config_path: Path | None = None
+    twopc: TwoPcSettings | None = None  # models served with the two-party (Cheetah) engine
 
 
 def build_ssl_context(tls: TlsFiles) -> ssl.SSLContext:
@@ -184,7 +187,9 @@ class JobReusedError(InferenceError):
 class VendorServer:
     """State shared by the request handlers: models, context store, pool, chain."""
 
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(self, settings: ServerSettings, tls: TlsFiles | None = None) -> None:
+        from secure_infer.twopc.party import LinkTls
+
         self.settings = settings
         settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.registry, refused = self._build(settings, None)
@@ -211,6 +216,14 @@ class VendorServer:
         # evaluated (and chained) a second time while the first is still running
         self._in_flight: set[tuple[str, str]] = set()
         self.pool = self._new_pool(self.registry)
+        # two-party sessions: the link uses the HTTPS server's certificate; the hospital's
+        # certificate must chain to the CA that signs hospital certificates
+        self.twopc: TwoPcSessions | None = None
+        self._twopc_jobs: set[tuple[str, str]] = set()
+        if settings.twopc is not None and settings.twopc.models:
+            if tls is None:
+                raise ValueError("two-party models need the server's TLS files")
+            self.twopc = TwoPcSessions(settings.twopc, LinkTls(tls.cert, tls.key, tls.client_ca))
 
     # -- registry ------------------------------------------------------------------------
     @staticmethod
@@ -458,6 +471,7 @@ async def health(request: Request) -> Response:
             "in_flight": srv.pool.in_flight,
             "capacity": srv.pool.capacity,
             "chain_head": srv.chain.head,
+            "twopc_sessions": srv.twopc.active if srv.twopc else 0,
             "limits": {
                 "max_request_bytes": srv.settings.max_request_bytes,
                 "max_context_bytes": srv.settings.max_context_bytes,
@@ -478,12 +492,20 @@ async def list_models(request: Request) -> Response:
     srv = _srv(request)
     hosp = _hospital(request)
     rules = srv.access.rules(hosp.cn)
+    twopc = []
+    if srv.twopc is not None:
+        twopc = [
+            {"name": m.name, "version": m.version, "program_sha256": srv.twopc.hashes.get(n)}
+            for n, m in srv.twopc.models.items()
+        ]
     return JSONResponse(
         {
             "models": [
                 m for m in srv.registry.listing()
                 if rules.permits(ModelRef(m["name"], m["version"]))
-            ]
+            ],
+            # the two-party engine's models and their public program hashes
+            "twopc": twopc,
         }
     )
 
@@ -723,17 +745,85 @@ async def _infer(
     return Response(out_body, media_type=MEDIA_TYPE, headers=headers)
 
 
+async def open_twopc_session(request: Request) -> Response:
+    """Open a two-party (Cheetah) session: start its worker, answer its link and session key.
+
+    Body: ``{"version", "job", "program_sha256", "link_port"}``. The vendor's worker connects
+    to ``link_port`` at the address this HTTPS request came from (never to an address the
+    request names), and listens on the link address it answers. Refused before any worker
+    starts: an unknown model or version, a malformed or reused job token, a program hash that
+    is not the vendor's (409 ``program_mismatch``), all sessions busy (503).
+    """
+    srv = _srv(request)
+    hosp = _hospital(request)
+    name = request.path_params["name"]
+    if srv.twopc is None:
+        raise ModelNotFoundError(
+            f"model '{name}' is not served with the two-party engine (none is)"
+        )
+    srv.twopc.model(name)
+    raw = await _read_body(request, 64 * 1024, srv.settings.read_timeout)
+    try:
+        body = json.loads(raw)
+        if not isinstance(body, dict):
+            raise ValueError
+    except ValueError:
+        raise BadRequestError("the body must be a JSON object") from None
+    job = check_job_token(body.get("job"))
+    program_sha = check_sha256(body.get("program_sha256"), "program_sha256")
+    version = body.get("version")
+    port = body.get("link_port")
+    if not isinstance(version, str) or not version:
+        raise BadRequestError("version must be the model version (a string)")
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        raise BadRequestError("link_port must be a TCP port (1..65535)")
+    client = request.client
+    if client is None:
+        raise BadRequestError("the peer address of this connection is unknown")
+    key = (hosp.namespace, job)
+    if key in srv._twopc_jobs or srv.chain.request_of(job) is not None:
+        raise JobReusedError("this job token was already used")
+    srv._twopc_jobs.add(key)  # before the await: a concurrent request under it is refused
+    try:
+        answer = await srv.twopc.open(
+            name, version, program_sha, f"{client.host}:{port}", hosp.short
+        )
+    except BaseException:
+        srv._twopc_jobs.discard(key)  # refused or failed: the hospital may retry under it
+        raise
+    log.info(
+        "2pc job=%s model=%s hospital=%s session=%s..", job, name, hosp.short, answer["session"][:8]
+    )
+    return JSONResponse(answer, status_code=201)
+
+
+async def abort_twopc_session(request: Request) -> Response:
+    """End a session whose hospital party failed (kills its worker now); 204, or 404 when this
+    hospital has no such running session."""
+    srv = _srv(request)
+    hosp = _hospital(request)
+    sid = request.path_params["sid"]
+    if srv.twopc is None or not await srv.twopc.abort(sid, hosp.short):
+        raise ModelNotFoundError("no such running two-party session", code="unknown_session")
+    return Response(status_code=204)
+
+
 def build_app(server: VendorServer) -> Starlette:
     """The ASGI app; the lifespan starts the worker pool and stops it on shutdown."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await server.pool.start()
-        log.info("vendor server ready: models %s", ", ".join(sorted(server.models)))
+        if server.twopc is not None:
+            await server.twopc.start()
+        models = sorted([*server.models, *(server.twopc.models if server.twopc else ())])
+        log.info("vendor server ready: models %s", ", ".join(models))
         _install_reload(server)
         try:
             yield
         finally:
+            if server.twopc is not None:
+                await server.twopc.shutdown()
             server.pool.shutdown()
 
     p = API_PREFIX
@@ -744,6 +834,10 @@ def build_app(server: VendorServer) -> Starlette:
             Route(p + "/models/{name}/manifest", manifest, methods=["GET"]),
             Route(p + "/models/{name}/prefix", prefix, methods=["GET"]),
             Route(p + "/models/{name}/infer", infer, methods=["POST"]),
+            Route(p + "/models/{name}/2pc/sessions", open_twopc_session, methods=["POST"]),
+            Route(
+                p + "/models/{name}/2pc/sessions/{sid}", abort_twopc_session, methods=["DELETE"]
+            ),
             Route(f"{p}/contexts", put_context, methods=["PUT"]),
             Route(p + "/contexts/{sha}", get_context, methods=["GET", "HEAD"]),
             Route("/healthz", healthz, methods=["GET"]),
@@ -867,7 +961,7 @@ def serve(
     import uvicorn
 
     ssl_ctx = build_ssl_context(tls)  # fail fast on unreadable TLS files, before compiling
-    server = VendorServer(settings)
+    server = VendorServer(settings, tls)
     app = build_app(server)
     # TLS is done by our protocol wrapper, not by the loop (uvicorn's config.ssl stays None),
     # so that a refused handshake is logged and counted (see _handshake)

@@ -185,6 +185,10 @@ def test_issue_cert_cli(tmp_path: Path) -> None:
     cli = x509.load_pem_x509_certificate((out / "hospital-a.crt").read_bytes())
     eku = cli.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert ExtendedKeyUsageOID.CLIENT_AUTH in eku
+    # both purposes on both: on the two-party link each party is TLS server and client at once
+    assert ExtendedKeyUsageOID.SERVER_AUTH in eku
+    srv_eku = srv.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH} <= set(srv_eku)
     der = cli.public_bytes(serialization.Encoding.DER)
     assert certs.cert_common_name(der) == "hospital-a"
     assert len(certs.cert_fingerprint(der)) == 64
