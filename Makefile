@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench-ingest bench-infer bench-deid bench-e2e clean
+.PHONY: demo test lint bench-ingest bench-infer bench-deid bench-e2e bench-vendor-scale clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ bench-deid: $(STAMP)
 
 bench-e2e: $(STAMP)
 	$(PY) benchmarks/e2e.py
+
+# vendor scale-out on a local Ray cluster (needs the scale extra: ray)
+bench-vendor-scale: $(STAMP)
+	$(PY) benchmarks/vendor_scale.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

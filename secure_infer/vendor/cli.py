@@ -22,10 +22,11 @@ import ssl
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from secure_infer.check import MODEL_CHECK_HELP, add_model_check_arguments, run_model_check
 from secure_infer.errors import InferenceError
-from secure_infer.vendor.config import VendorConfigError, load_vendor_config
+from secure_infer.vendor.config import VendorConfig, VendorConfigError, load_vendor_config
 
 __all__ = ["build_parser", "main", "vendor_main"]
 
@@ -127,6 +128,7 @@ def _serve(args: argparse.Namespace) -> int:
         read_timeout=lim.read_timeout_seconds,
         evaluate_timeout=lim.evaluate_timeout_seconds,
         context_cache=lim.context_cache,
+        **_scale_settings(cfg),
     )
     tls = TlsFiles(cert=cfg.tls.cert, key=cfg.tls.key, client_ca=cfg.tls.client_ca)
     try:
@@ -145,6 +147,20 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"vendor serve: cannot load a model: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _scale_settings(cfg: VendorConfig) -> dict[str, Any]:
+    """The ``scale`` section as ServerSettings fields (backend, Ray settings, shared store)."""
+    from secure_infer.vendor._ray_pool import RaySettings
+
+    sc = cfg.scale
+    ray = RaySettings(
+        address=sc.ray_address,
+        namespace=sc.ray_namespace,
+        worker_cpus=sc.worker_cpus,
+        node_cache_dir=sc.node_cache_dir,
+    )
+    return {"backend": sc.backend, "ray": ray, "contexts_dir": sc.contexts_dir}
 
 
 def _issue(args: argparse.Namespace) -> int:

@@ -49,6 +49,7 @@ from secure_infer.vendor._handshake import TlsRefusals, tls_protocol_factory
 from secure_infer.vendor._http import EXCEPTION_HANDLERS
 from secure_infer.vendor._metrics import VendorMetrics, VendorMetricsMiddleware, metrics_endpoint
 from secure_infer.vendor._pool import EvalPool
+from secure_infer.vendor._ray_pool import RayEvalPool, RaySettings
 from secure_infer.vendor._store import ContextStore, hospital_namespace
 from secure_infer.vendor.certs import cert_common_name, cert_fingerprint
 from secure_infer.wire import (
@@ -102,6 +103,25 @@ class ServerSettings:
     read_timeout: float = 60.0
     evaluate_timeout: float = 300.0
     context_cache: int = 8
+    backend: str = "local"
+    """``local`` (process pool on this machine) or ``ray`` (actors on a cluster)."""
+    ray: RaySettings | None = None
+    contexts_dir: Path | None = None
+    """Context store shared by several front ends; default ``<state_dir>/contexts``."""
+
+
+def _make_pool(settings: ServerSettings, store_root: Path) -> EvalPool | RayEvalPool:
+    """The evaluation backend the config asks for (Ray is imported only when it starts)."""
+    args = (
+        settings.manifests,
+        store_root,
+        settings.workers,
+        settings.queue_size,
+        settings.context_cache,
+    )
+    if settings.backend == "ray":
+        return RayEvalPool(*args, ray_settings=settings.ray)
+    return EvalPool(*args)
 
 
 def build_ssl_context(tls: TlsFiles) -> ssl.SSLContext:
@@ -166,20 +186,14 @@ class VendorServer:
                     Path(path).parent / vm.manifest.prefix_onnx
                 ).read_bytes()
         settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.store = ContextStore(settings.state_dir / "contexts")
+        self.store = ContextStore(settings.contexts_dir or settings.state_dir / "contexts")
         self.chain = HashChain(settings.state_dir / "chain.jsonl")
         self.metrics = VendorMetrics()
         self._answered: OrderedDict[tuple[str, str], _Answered] = OrderedDict()
         # job tokens being evaluated now: a client's retry of a slow request must not be
         # evaluated (and chained) a second time while the first is still running
         self._in_flight: set[tuple[str, str]] = set()
-        self.pool = EvalPool(
-            settings.manifests,
-            self.store.root,
-            settings.workers,
-            settings.queue_size,
-            settings.context_cache,
-        )
+        self.pool = _make_pool(settings, self.store.root)
 
     def recall(self, namespace: str, job: str) -> _Answered | None:
         """The answer already given to this hospital's job token, if recent."""
