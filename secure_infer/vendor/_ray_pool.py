@@ -294,6 +294,7 @@ class RayEvalPool:
     async def start(self) -> None:
         """Join the cluster and start every worker actor (models loaded) before serving."""
         await asyncio.to_thread(self._connect)
+        log.info("joined the Ray cluster; starting %d worker actor(s)", self.configured)
         slots = [self._spawn() for _ in range(self.configured)]
         try:
             async with asyncio.timeout(self.settings.start_timeout):

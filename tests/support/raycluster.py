@@ -31,6 +31,7 @@ FAST_FAILURE = {
     "RAY_health_check_timeout_ms": "500",
     "RAY_health_check_failure_threshold": "3",
     "RAY_health_check_initial_delay_ms": "500",
+    "RAY_raylet_start_wait_time_s": "120",  # a loaded 2-core machine registers nodes slowly
 }
 
 
@@ -52,10 +53,25 @@ class LocalRayCluster:
         self.object_store_mb = object_store_mb
         self.head: subprocess.Popen[bytes] | None = None
         self.nodes: list[subprocess.Popen[bytes]] = []
+        self.node_logs: list[Path] = []
         self._logs: list[object] = []
-        self._start_head()
-        for _ in range(workers):
-            self.add_worker()
+        try:
+            self._start_head()
+            for i in range(workers):  # one at a time: nodes started together time out
+                self.add_worker()
+                self.wait_worker(i)
+        except BaseException:
+            self.close()
+            raise
+
+    def wait_worker(self, i: int, timeout: float = 300) -> None:
+        """Wait until worker node ``i`` says it has joined (``ray start`` prints it)."""
+        log = self.node_logs[i]
+        deadline = time.monotonic() + timeout
+        while "Ray runtime started" not in log.read_text(errors="replace"):
+            if self.nodes[i].poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"worker node {i} did not start:\n{log.read_text()[-2000:]}")
+            time.sleep(0.2)
 
     def _popen(self, args: list[str], name: str) -> subprocess.Popen[bytes]:
         log = open(self.root / f"{name}.log", "ab")
@@ -94,7 +110,8 @@ class LocalRayCluster:
 
     def add_worker(self) -> subprocess.Popen[bytes]:
         """Start one more worker node (one CPU); Ray schedules actors on it once it joins."""
-        n = len(self.nodes)
+        n = len(self.node_logs)
+        self.node_logs.append(self.root / f"worker{n}.log")
         proc = self._popen(
             [
                 f"--address={self.address}",
@@ -156,6 +173,8 @@ class LocalRayCluster:
         fresh = self.add_worker()
         self.nodes.pop()
         self.nodes[i] = fresh
+        self.node_logs[i] = self.node_logs.pop()
+        self.wait_worker(i)
 
     def close(self) -> None:
         for i in range(len(self.nodes)):
@@ -168,7 +187,10 @@ class LocalRayCluster:
         time.sleep(0.2)
         for log in self._logs:
             log.close()  # type: ignore[attr-defined]
-        shutil.rmtree(self.root, ignore_errors=True)
+        if os.environ.get("BLINDREAD_KEEP_RAY_LOGS"):
+            print(f"Ray logs kept in {self.root}")
+        else:
+            shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> LocalRayCluster:
         return self
