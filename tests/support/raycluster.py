@@ -59,10 +59,26 @@ class LocalRayCluster:
             self._start_head()
             for i in range(workers):  # one at a time: nodes started together time out
                 self.add_worker()
-                self.wait_worker(i)
+                self._await_or_retry(i)
         except BaseException:
             self.close()
             raise
+
+    def _await_or_retry(self, i: int, attempts: int = 3) -> None:
+        """Wait for node ``i``; a node that timed out registering (an overloaded GCS on a busy
+        machine answers late) is started again, up to ``attempts`` times."""
+        for attempt in range(1, attempts + 1):
+            try:
+                self.wait_worker(i)
+                return
+            except RuntimeError:
+                if attempt == attempts:
+                    raise
+                self.kill_worker(i)
+                fresh = self.add_worker()
+                self.nodes.pop()
+                self.nodes[i] = fresh
+                self.node_logs[i] = self.node_logs.pop()
 
     def wait_worker(self, i: int, timeout: float = 300) -> None:
         """Wait until worker node ``i`` says it has joined (``ray start`` prints it)."""
@@ -174,7 +190,7 @@ class LocalRayCluster:
         self.nodes.pop()
         self.nodes[i] = fresh
         self.node_logs[i] = self.node_logs.pop()
-        self.wait_worker(i)
+        self._await_or_retry(i)
 
     def close(self) -> None:
         for i in range(len(self.nodes)):
