@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,bench,2pc,multisite,console]'
+	$(PY) -m pip install --quiet -e '.[test,bench,2pc,multisite,console,scale]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -42,6 +42,10 @@ bench-multisite: $(STAMP)
 # two-party (Cheetah) engine: ours over TLS vs plain SPU; MODEL=loader:source for another model
 bench-2pc: $(STAMP)
 	$(PY) benchmarks/twopc.py $(if $(MODEL),--model $(MODEL),)
+
+# vendor scale-out on a local Ray cluster (needs the scale extra: ray)
+bench-vendor-scale: $(STAMP)
+	$(PY) benchmarks/vendor_scale.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

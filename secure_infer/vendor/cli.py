@@ -27,7 +27,7 @@ import ssl
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from secure_infer.check import MODEL_CHECK_HELP, add_model_check_arguments, run_model_check
 from secure_infer.errors import InferenceError
@@ -156,7 +156,9 @@ def _serve(args: argparse.Namespace) -> int:
     cfg = load_vendor_config(args.config)
     _configure_logging(cfg.log_level)
     settings = dataclasses.replace(
-        settings_from_config(Path(args.config)), twopc=_twopc_settings(cfg)
+        settings_from_config(Path(args.config)),
+        twopc=_twopc_settings(cfg),
+        **_scale_settings(cfg),
     )
     if not settings.manifests and settings.twopc is None:
         print(f"{args.config}: no manifest found under models_dir", file=sys.stderr)
@@ -301,6 +303,20 @@ def _twopc_settings(cfg: VendorConfig) -> TwoPcSettings | None:
         start_timeout=t.start_timeout_seconds,
         max_images=t.max_images_per_session,
     )
+
+
+def _scale_settings(cfg: VendorConfig) -> dict[str, Any]:
+    """The ``scale`` section as ServerSettings fields (backend, Ray settings, shared store)."""
+    from secure_infer.vendor._ray_pool import RaySettings
+
+    sc = cfg.scale
+    ray = RaySettings(
+        address=sc.ray_address,
+        namespace=sc.ray_namespace,
+        worker_cpus=sc.worker_cpus,
+        node_cache_dir=sc.node_cache_dir,
+    )
+    return {"backend": sc.backend, "ray": ray, "contexts_dir": sc.contexts_dir}
 
 
 def _issue(args: argparse.Namespace) -> int:

@@ -24,6 +24,7 @@ __all__ = [
     "VendorLimitsSection",
     "VendorListenSection",
     "VendorRegistrySection",
+    "VendorScaleSection",
     "VendorTlsSection",
     "VendorTwoPcModel",
     "VendorTwoPcSection",
@@ -176,6 +177,24 @@ class VendorTwoPcSection(FrozenModel):
     max_images_per_session: int = Field(default=10_000, ge=1)
 
 
+class VendorScaleSection(FrozenModel):
+    """Where the evaluation runs: this machine's process pool, or Ray actors on a cluster.
+
+    With ``backend: ray`` the front end joins the cluster at ``ray_address`` and starts
+    ``limits.workers`` actors of ``worker_cpus`` CPUs each (docs/vendor-scale.md).
+    ``contexts_dir`` lets several front ends share one context store (content-addressed, so
+    concurrent writers are safe); ``node_cache_dir`` is the per-machine context cache on the
+    worker machines.
+    """
+
+    backend: Literal["local", "ray"] = "local"
+    ray_address: str = "auto"
+    ray_namespace: str = Field(default="blindread-vendor", min_length=1)
+    worker_cpus: float = Field(default=1.0, gt=0)
+    node_cache_dir: Path | None = None
+    contexts_dir: Path | None = None
+
+
 class VendorConfig(FrozenModel):
     """Root of the vendor peer's config."""
 
@@ -194,6 +213,7 @@ class VendorConfig(FrozenModel):
         description="copy of the chain's signed head in a directory of its own (rollback check)",
     )
     twopc: VendorTwoPcSection = VendorTwoPcSection()
+    scale: VendorScaleSection = VendorScaleSection()
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
 
     @model_validator(mode="after")
@@ -225,8 +245,16 @@ def load_vendor_config(path: str | Path) -> VendorConfig:
         update={k: _resolve(base, getattr(cfg.tls, k)) for k in ("cert", "key", "client_ca")}
         | ({"crl": _resolve(base, cfg.tls.crl)} if cfg.tls.crl is not None else {})
     )
+    scale = cfg.scale.model_copy(
+        update={
+            k: _resolve(base, getattr(cfg.scale, k))
+            for k in ("node_cache_dir", "contexts_dir")
+            if getattr(cfg.scale, k) is not None
+        }
+    )
     return cfg.model_copy(
         update={
+            "scale": scale,
             "tls": tls,
             "models": tuple(_resolve(base, m) for m in cfg.models),
             "models_dir": None if cfg.models_dir is None else _resolve(base, cfg.models_dir),

@@ -34,7 +34,7 @@ import logging
 import ssl
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,7 @@ from secure_infer.vendor._http import EXCEPTION_HANDLERS
 from secure_infer.vendor._identity import HospitalIds, load_chain_key
 from secure_infer.vendor._metrics import VendorMetrics, VendorMetricsMiddleware, metrics_endpoint
 from secure_infer.vendor._pool import EvalPool
+from secure_infer.vendor._ray_pool import RayEvalPool, RaySettings
 from secure_infer.vendor._registry import Refused, Registry, ServedModel, build_registry
 from secure_infer.vendor._store import ContextStore, hospital_namespace
 from secure_infer.vendor._twopc_sessions import TwoPcSessions, TwoPcSettings
@@ -93,6 +94,9 @@ __all__ = [
     "serve",
     "settings_from_config",
 ]
+
+
+AnyPool = EvalPool | RayEvalPool  # the evaluation backend: local processes or Ray actors
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +142,27 @@ class ServerSettings:
     # the config file re-read on SIGHUP (None: reload re-reads these settings only)
     config_path: Path | None = None
     twopc: TwoPcSettings | None = None  # models served with the two-party (Cheetah) engine
+    backend: str = "local"
+    """``local`` (process pool on this machine) or ``ray`` (actors on a cluster)."""
+    ray: RaySettings | None = None
+    contexts_dir: Path | None = None
+    """Context store shared by several front ends; default ``<state_dir>/contexts``."""
+
+
+def _make_pool(
+    settings: ServerSettings, manifests: Sequence[Path], store_root: Path
+) -> AnyPool:
+    """The evaluation backend the config asks for (Ray is imported only when it starts)."""
+    args = (
+        manifests,
+        store_root,
+        settings.workers,
+        settings.queue_size,
+        settings.context_cache,
+    )
+    if settings.backend == "ray":
+        return RayEvalPool(*args, ray_settings=settings.ray)
+    return EvalPool(*args)
 
 
 def build_ssl_context(tls: TlsFiles) -> ssl.SSLContext:
@@ -199,7 +224,7 @@ class VendorServer:
         self.refused: list[Refused] = refused
         self.reloads = 0
         self._reloading: asyncio.Lock | None = None
-        self.store = ContextStore(settings.state_dir / "contexts")
+        self.store = ContextStore(settings.contexts_dir or settings.state_dir / "contexts")
         key_dir = settings.state_dir / "keys"
         self.ids = HospitalIds.load(key_dir)
         self.chain = HashChain(
@@ -251,11 +276,8 @@ class VendorServer:
             raise ValueError("a CRL needs the client CA that signs it (tls.client_ca)")
         return RevocationList(settings.crl, settings.client_ca)
 
-    def _new_pool(self, registry: Registry) -> EvalPool:
-        s = self.settings
-        return EvalPool(
-            registry.manifests(), self.store.root, s.workers, s.queue_size, s.context_cache
-        )
+    def _new_pool(self, registry: Registry) -> AnyPool:
+        return _make_pool(self.settings, registry.manifests(), self.store.root)
 
     @property
     def models(self) -> dict[str, Any]:
@@ -325,7 +347,7 @@ class VendorServer:
             write_status(self.settings.state_dir, status)
             return status
 
-    async def _retire_pool(self, pool: EvalPool) -> None:
+    async def _retire_pool(self, pool: AnyPool) -> None:
         """Stop a replaced pool once the requests it still runs are done."""
         deadline = time.monotonic() + self.settings.evaluate_timeout
         while pool.in_flight > 0 and time.monotonic() < deadline:
@@ -594,7 +616,7 @@ async def _evaluate_split(
     hosp: _Hospital,
     ctx_sha: str,
     inputs: list[bytes],
-    pool: EvalPool | None = None,
+    pool: AnyPool | None = None,
 ) -> tuple[list[bytes], float, float]:
     """Evaluate ``inputs``, split across idle workers when there are several.
 
@@ -674,7 +696,7 @@ async def infer(request: Request) -> Response:
 
 
 async def _infer(
-    request: Request, srv: VendorServer, hosp: _Hospital, served: ServedModel, pool: EvalPool
+    request: Request, srv: VendorServer, hosp: _Hospital, served: ServedModel, pool: AnyPool
 ) -> Response:
     vm = served.vm
     job = check_job_token(request.headers.get(H_JOB))
