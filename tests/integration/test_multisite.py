@@ -296,4 +296,4 @@ def test_4_fewer_sites_than_the_minimum_releases_nothing(fed: Fed) -> None:
     assert not (outcome.round_dir / "report").exists()
     ledger = [json.loads(x) for x in fed.federation.cfg.ledger.read_text().splitlines()]
     rounds = [e for e in ledger if e["kind"] == "multisite_round"]
-    assert [r["details"]["released"] for r in rounds][-4:] == [True, False, True, False]
+    assert [r["details"]["released"] for r in rounds][-2:] == [True, False]  # 3, 4
