@@ -175,12 +175,16 @@ class Federation:
                 progress(line.split("[blindread]", 1)[1].strip())
             if (round_dir / "outcome.json").exists() or time.monotonic() > deadline:
                 break
+        path = round_dir / "outcome.json"
+        # the log stream can end before the run does (flwr run --stream gives up on a slow
+        # SuperLink); the run goes on in the SuperLink, so wait for its outcome file
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(1.0)
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        path = round_dir / "outcome.json"
         if not path.exists():
             raise MultisiteError(f"the round ended without an outcome (see {self.home}/"
                                  "superlink.log); nothing was released")  # fmt: skip

@@ -265,8 +265,11 @@ class _CheckingGrid:
     naming its site."""
 
     def __init__(self, grid: Grid, names: dict[int, str], received: dict[int, str],
-                 keep: Path | None) -> None:
+                 keep: Path | None, answered: set[int] | None = None,
+                 check: bool = True) -> None:
         self._grid, self._names, self._received, self._keep = grid, names, received, keep
+        self._answered = answered if answered is not None else set()
+        self._check = check
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
@@ -274,8 +277,9 @@ class _CheckingGrid:
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None
                          ) -> Iterable[Message]:  # fmt: skip
         replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        self._answered.update(m.metadata.src_node_id for m in replies if not m.has_error())
         for msg in replies:
-            if msg.has_error():
+            if msg.has_error() or not self._check:
                 continue
             nid = msg.metadata.src_node_id
             site = self._names.get(nid, f"node {nid}")
@@ -303,12 +307,37 @@ class _CheckedSecAggPlus(SecAggPlusWorkflow):
                  **kw: Any) -> None:
         super().__init__(**kw)
         self._names, self._received, self._keep = names, received, keep
-        self.stage_log: list[str] = []
+        self.answered: dict[str, set[int]] = {}
+
+    def _grid(self, grid: Grid, stage: str, check: bool = False) -> Grid:
+        seen = self.answered.setdefault(stage, set())
+        return cast(Grid, _CheckingGrid(grid, self._names, self._received, self._keep, seen,
+                                        check))  # fmt: skip
+
+    def setup_stage(self, grid: Grid, context: LegacyContext, state: Any) -> bool:
+        return bool(super().setup_stage(self._grid(grid, Stage.SETUP), context, state))
+
+    def share_keys_stage(self, grid: Grid, context: LegacyContext, state: Any) -> bool:
+        return bool(super().share_keys_stage(self._grid(grid, Stage.SHARE_KEYS), context, state))
 
     def collect_masked_vectors_stage(self, grid: Grid, context: LegacyContext,
                                      state: Any) -> bool:  # fmt: skip
-        checking = cast(Grid, _CheckingGrid(grid, self._names, self._received, self._keep))
+        checking = self._grid(grid, Stage.COLLECT_MASKED_VECTORS, check=True)
         return bool(super().collect_masked_vectors_stage(checking, context, state))
+
+    def unmask_stage(self, grid: Grid, context: LegacyContext, state: Any) -> bool:
+        return bool(super().unmask_stage(self._grid(grid, Stage.UNMASK), context, state))
+
+    def silent(self, names: dict[int, str]) -> str:
+        """Which sites did not answer which stage (for a halted round's message)."""
+        parts = []
+        for stage in (Stage.SETUP, Stage.SHARE_KEYS, Stage.COLLECT_MASKED_VECTORS, Stage.UNMASK):
+            if stage not in self.answered:
+                break
+            quiet = sorted(names[n] for n in names if n not in self.answered[stage])
+            if quiet:
+                parts.append(f"{stage}: no answer from {', '.join(quiet)}")
+        return "; ".join(parts) or "every site answered"
 
 
 def _key_der(pem_or_ssh: bytes) -> bytes:
@@ -392,8 +421,8 @@ def _main(grid: Grid, context: Context) -> None:
         outcome["dropped"] = dropped
         if strategy.average is None:
             raise RoundRefusedError(
-                "secure aggregation halted: too few sites answered to unmask the sum"
-                + (f" (dropped: {', '.join(dropped)})" if dropped else "")
+                "secure aggregation halted: too few sites answered to unmask the sum ("
+                + workflow.silent(names) + ")"
             )
         average = strategy.average
     except RoundRefusedError as exc:
