@@ -47,7 +47,6 @@ from typing import Any, ClassVar
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from prometheus_client import CollectorRegistry
 
-from durable_io import atomic_write
 from node.atna import attach_exporter
 from node.config import NodeConfig
 from node.errors import NodeError
@@ -62,7 +61,7 @@ from secure_infer import (
     cut_torn_tail,
     head_fault,
     key_fingerprint,
-    public_key_pem,
+    publish_public_key,
     read_last_line,
     sign_hash,
     signature_valid,
@@ -380,16 +379,12 @@ class AuditLedger:
         return head_path(self.path)
 
     def _publish_public_key(self) -> None:
-        pem = public_key_pem(self.public_key)
         pub = self.public_key_path
-        if pub.exists():
-            if pub.read_bytes() != pem:
-                raise AuditError(
-                    f"{pub}: published key differs from the signing key; the ledger was signed"
-                    " with another key (rotate by starting a new ledger file)"
-                )
-            return
-        atomic_write(pub, pem, mode=0o644, sync=self._fsync)
+        if not publish_public_key(pub, self.public_key, sync=self._fsync):
+            raise AuditError(
+                f"{pub}: published key differs from the signing key; the ledger was signed"
+                " with another key (rotate by starting a new ledger file)"
+            )
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[int]:

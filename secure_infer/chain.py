@@ -106,6 +106,7 @@ __all__ = [
     "key_fingerprint",
     "load_public_key",
     "public_key_pem",
+    "publish_public_key",
     "read_last_line",
     "sign_hash",
     "signature_valid",
@@ -272,6 +273,17 @@ def public_key_pem(key: Ed25519PublicKey) -> bytes:
     return key.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+
+
+def publish_public_key(pub: Path, key: Ed25519PublicKey, *, sync: bool = True) -> bool:
+    """Write ``key`` to ``pub`` (0644, durably) unless it is there; ``False`` if ``pub`` holds
+    another key (the caller says what that means for its record: a key rotation needs a new
+    file, never a silently replaced public key)."""
+    pem = public_key_pem(key)
+    if pub.exists():
+        return pub.read_bytes() == pem
+    atomic_write(pub, pem, mode=0o644, sync=sync)
+    return True
 
 
 def key_fingerprint(key: Ed25519PublicKey) -> str:
@@ -541,16 +553,12 @@ class HashChain:
         return _sidecar(self.path, ".head")
 
     def _publish_public_key(self) -> None:
-        pem = public_key_pem(self.public_key)
         pub = _sidecar(self.path, ".pub")
-        if pub.exists():
-            if pub.read_bytes() != pem:
-                raise ChainError(
-                    f"{pub}: published key differs from the chain's signing key; start a new"
-                    " chain file to rotate the key"
-                )
-            return
-        atomic_write(pub, pem, mode=0o644, sync=self._sync)
+        if not publish_public_key(pub, self.public_key, sync=self._sync):
+            raise ChainError(
+                f"{pub}: published key differs from the chain's signing key; start a new"
+                " chain file to rotate the key"
+            )
 
     def _recover(self) -> tuple[ChainHead, int]:
         """Cut a torn tail, check every link and signature, check the head, index the jobs."""
