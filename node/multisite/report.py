@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from durable_io import atomic_write
 from node.multisite.pooled import PooledFigures
 from node.multisite.vector import GRID
+from node.validate.report import metric_rows
 
 __all__ = ["REPORT_FILES", "pooled_report_dict", "render_pooled_markdown", "write_pooled_report"]
 
@@ -84,9 +85,7 @@ def _pct(v: float | None) -> str:
 
 
 def render_pooled_markdown(data: dict[str, Any]) -> str:
-    a, th, c = data["auroc"], data["at_threshold"], data["cases"]
-    lo_s, hi_s = th["sensitivity_ci"]
-    lo_p, hi_p = th["specificity_ci"]
+    a, c = data["auroc"], data["cases"]
     lines = [
         f"# Multi-site validation: {data['model']['name']} {data['model']['version']}",
         "",
@@ -96,20 +95,10 @@ def render_pooled_markdown(data: dict[str, Any]) -> str:
         "",
         f"Cases: {c['n']} ({c['positive']} positive, {c['negative']} negative).",
         "",
-        "| metric | value |",
-        "|---|---|",
-        f"| AUROC | {a['value']:.4f} (95% CI {a['ci_low']:.4f}-{a['ci_high']:.4f}, "
-        f"{a['method']}, {a['resamples']} resamples, seed {a['seed']}; {a['histogram_bins']} "
-        f"bins, binning error <= {a['max_binning_error']:.1e}) |",
-        f"| Brier score | {data['brier']:.4f} |",
-        f"| Threshold (manifest) | {data['threshold']:g} (positive when p >= threshold) |",
-        f"| Sensitivity | {_pct(th['sensitivity'])} ({th['tp']}/{th['tp'] + th['fn']}; "
-        f"Wilson 95% CI {_pct(lo_s)}-{_pct(hi_s)}) |",
-        f"| Specificity | {_pct(th['specificity'])} ({th['tn']}/{th['tn'] + th['fp']}; "
-        f"Wilson 95% CI {_pct(lo_p)}-{_pct(hi_p)}) |",
-        f"| TP / FP / TN / FN | {th['tp']} / {th['fp']} / {th['tn']} / {th['fn']} |",
-        "",
-        "![ROC curve](roc.png) ![Calibration](calibration.png)",
+        *metric_rows(
+            data,
+            f"; {a['histogram_bins']} bins, binning error <= {a['max_binning_error']:.1e}",
+        ),
         "",
         "## Figures published by sites",
         "",

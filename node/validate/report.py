@@ -122,13 +122,32 @@ def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{100 * v:.1f}%"
 
 
-def render_markdown(data: dict[str, Any]) -> str:
-    """A human-readable summary of :func:`report_dict` output."""
-    a = data["auroc"]
-    th = data["at_threshold"]
-    c = data["cases"]
+def metric_rows(data: dict[str, Any], auroc_note: str = "") -> list[str]:
+    """The report's metric table and plots, shared by the local and the pooled (multi-site)
+    report so both read the same; ``auroc_note`` is appended inside the AUROC row."""
+    a, th = data["auroc"], data["at_threshold"]
     lo_s, hi_s = th["sensitivity_ci"]
     lo_p, hi_p = th["specificity_ci"]
+    return [
+        "| metric | value |",
+        "|---|---|",
+        f"| AUROC | {a['value']:.4f} (95% CI {a['ci_low']:.4f}-{a['ci_high']:.4f}, "
+        f"{a['method']}, {a['resamples']} resamples, seed {a['seed']}{auroc_note}) |",
+        f"| Brier score | {data['brier']:.4f} |",
+        f"| Threshold (manifest) | {data['threshold']:g} (positive when p >= threshold) |",
+        f"| Sensitivity | {_pct(th['sensitivity'])} ({th['tp']}/{th['tp'] + th['fn']}; "
+        f"Wilson 95% CI {_pct(lo_s)}-{_pct(hi_s)}) |",
+        f"| Specificity | {_pct(th['specificity'])} ({th['tn']}/{th['tn'] + th['fp']}; "
+        f"Wilson 95% CI {_pct(lo_p)}-{_pct(hi_p)}) |",
+        f"| TP / FP / TN / FN | {th['tp']} / {th['fp']} / {th['tn']} / {th['fn']} |",
+        "",
+        "![ROC curve](roc.png) ![Calibration](calibration.png)",
+    ]
+
+
+def render_markdown(data: dict[str, Any]) -> str:
+    """A human-readable summary of :func:`report_dict` output."""
+    c = data["cases"]
     lines = [
         f"# Local validation: {data['model']['name']} {data['model']['version']}",
         "",
@@ -139,19 +158,7 @@ def render_markdown(data: dict[str, Any]) -> str:
         f"{c['dicom_files_without_label']} DICOM file(s) without a label and "
         f"{c['non_dicom_files']} non-DICOM file(s) were not evaluated.",
         "",
-        "| metric | value |",
-        "|---|---|",
-        f"| AUROC | {a['value']:.4f} (95% CI {a['ci_low']:.4f}-{a['ci_high']:.4f}, "
-        f"{a['method']}, {a['resamples']} resamples, seed {a['seed']}) |",
-        f"| Brier score | {data['brier']:.4f} |",
-        f"| Threshold (manifest) | {data['threshold']:g} (positive when p >= threshold) |",
-        f"| Sensitivity | {_pct(th['sensitivity'])} ({th['tp']}/{th['tp'] + th['fn']}; "
-        f"Wilson 95% CI {_pct(lo_s)}-{_pct(hi_s)}) |",
-        f"| Specificity | {_pct(th['specificity'])} ({th['tn']}/{th['tn'] + th['fp']}; "
-        f"Wilson 95% CI {_pct(lo_p)}-{_pct(hi_p)}) |",
-        f"| TP / FP / TN / FN | {th['tp']} / {th['fp']} / {th['tn']} / {th['fn']} |",
-        "",
-        "![ROC curve](roc.png) ![Calibration](calibration.png)",
+        *metric_rows(data),
         "",
         f"## Cases where the decision differs from the label ({len(data['discordant'])})",
         "",
