@@ -16,15 +16,14 @@ from pathlib import Path
 from node.config import ConfigError, NodeConfig, parse_model
 from node.config.hostcheck import host_problems
 from node.netsettings import sender_settings
-from secure_infer import read_yaml, vendor_main
+from secure_infer import VendorConfig, read_yaml, vendor_main
 
 __all__ = ["VENDOR_KEYS", "register"]
 
-VENDOR_KEYS = frozenset(
-    {"listen", "tls", "models", "models_dir", "state_dir", "limits", "log_level"}
-)
-"""Top-level keys of a vendor peer's config; a file with only these (and ``listen`` or ``tls``)
-is a vendor config, none of them is a top-level key of a node config."""
+VENDOR_KEYS = frozenset(VendorConfig.model_fields)
+"""Top-level keys of a vendor peer's config (read from its model, so a new vendor section is
+known here at once); a file with only these (and ``listen``, ``tls``, ``limits`` or
+``models_dir``, which no node config has) is a vendor config."""
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -97,7 +97,7 @@ class _EvalWorker:
         self._models: dict[str, Any] = {}
         for m in manifests:
             vm = VendorModel.load(Path(m))
-            self._models[vm.manifest.name] = vm
+            self._models[f"{vm.manifest.name}@{vm.manifest.version}"] = vm  # the registry's key
         self.node_id = ray.get_runtime_context().get_node_id()
         root = Path(cache_root) if cache_root else Path(tempfile.gettempdir()) / "blindread-ctx"
         self._dir = root / self.node_id[:16]

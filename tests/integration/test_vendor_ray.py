@@ -176,12 +176,24 @@ def test_worker_node_killed_mid_request_fails_it_cleanly_and_the_retry_lands_els
             c.on_retry = retries.append
             c.ensure_context("demo-lesion")
             c.infer("demo-lesion", np.zeros((1, 1, 64, 64)))  # warm: the context is loaded
-            # 4 images = 4 ciphertexts in one request, evaluated one after the other (seconds)
-            x = np.random.default_rng(7).uniform(0, 1, (4, 1, 64, 64))
+            # 16 images = 16 ciphertexts in one request, split over both machines; the machine
+            # is killed 0.3 s after the first POST starts (a fixed sleep from the start of the
+            # call missed the evaluation on a quiet machine: 4 images took 0.47 s in all)
+            x = np.random.default_rng(7).uniform(0, 1, (16, 1, 64, 64))
             before = chain_jobs(vp.state_dir)
             victim = 0
             victim_id = cluster.node_id(victim)
             result: dict[str, Any] = {}
+            real_post = c.infer_frames
+            killer: list[threading.Timer] = []
+
+            def post(*args: Any, **kwargs: Any) -> Any:
+                if not killer:
+                    killer.append(threading.Timer(0.3, cluster.kill_worker, (victim,)))
+                    killer[0].start()
+                return real_post(*args, **kwargs)
+
+            c.infer_frames = post  # type: ignore[method-assign]
 
             def run() -> None:
                 try:
@@ -191,9 +203,8 @@ def test_worker_node_killed_mid_request_fails_it_cleanly_and_the_retry_lands_els
 
             t = threading.Thread(target=run)
             t.start()
-            time.sleep(0.8)  # encrypted and sent; the evaluation takes seconds
-            cluster.kill_worker(victim)
             t.join(timeout=120)
+            killer[0].join(30)
             assert "error" not in result, result
             ref = onnx_reference(DEMO, x)
             assert np.max(np.abs(result["r"].probabilities - ref)) < TOL
